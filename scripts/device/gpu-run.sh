@@ -16,7 +16,10 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee
 nvcc --version | tail -2; cmake --version | head -1
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX/usr" \
   -DCMAKE_INCLUDE_PATH="$PREFIX/usr/include" >"$OUT/configure.log" 2>&1 || { tail -40 "$OUT/configure.log"; exit 1; }
-cmake --build build-gpu -j 16 >"$OUT/build.log" 2>&1 || { grep -E "error|Error" -A5 "$OUT/build.log" | head -80; exit 1; }
+# Only the GPU targets: the GPU test binary and every varkv_bench_gpu_* benchmark.
+targets=(varkv_gpu_tests $(ninja -C build-gpu -t targets all 2>/dev/null | grep -o '^varkv_bench_gpu_[A-Za-z0-9_]*' | sort -u))
+cmake --build build-gpu -j 16 --target "${targets[@]}" >"$OUT/build.log" 2>&1 \
+  || { grep -E "error|Error" -A5 "$OUT/build.log" | head -80; exit 1; }
 echo "build ok"
 (cd build-gpu && ctest -L gpu --output-on-failure ${1:+-R "$1"} 2>&1 | tee "$OUT/ctest-gpu.log" | tail -40)
 for b in build-gpu/bench/varkv_bench_gpu_*; do
