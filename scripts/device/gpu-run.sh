@@ -2,6 +2,10 @@
 # On the GPU machine (device tool): unpack the carried Debian packages into a private prefix, build
 # for sm_90a, run the gpu-labelled tests and the GPU benchmarks; logs go to $OUT.
 #   device run: bash scripts/device/gpu-run.sh [ctest-regex] [bench-filter]   carry: [".deps"]
+# Optional environment:
+#   VARKV_SANITIZE_FILTER=GLOB   also run compute-sanitizer memcheck + racecheck on varkv_gpu_tests with
+#                                this gtest filter (logs: $OUT/sanitizer-*.log)
+#   VARKV_SKIP_PEERS=1           skip the PyTorch peer script (bench/peers/sdpa_peer.py)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/varkv-out}
@@ -27,3 +31,15 @@ for b in build-gpu/bench/varkv_bench_gpu_*; do
   "$b" ${2:+--benchmark_filter="$2"} --benchmark_out="$OUT/$(basename "$b").json" --benchmark_out_format=json 2>&1 \
     | tee "$OUT/$(basename "$b").txt" | tail -60
 done
+if [ -z "${VARKV_SKIP_PEERS:-}" ] && [ -f bench/peers/sdpa_peer.py ] && python3 -c 'import torch' 2>/dev/null; then
+  ours=$OUT/varkv_bench_gpu_attention.json
+  PYTHONUNBUFFERED=1 python3 bench/peers/sdpa_peer.py --out "$OUT/sdpa_peer.json" ${2:+--quick} \
+    $( [ -f "$ours" ] && echo --ours "$ours" ) 2>&1 | tee "$OUT/sdpa_peer.txt" | tail -30
+fi
+if [ -n "${VARKV_SANITIZE_FILTER:-}" ]; then
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool "$tool" --error-exitcode 3 build-gpu/tests/varkv_gpu_tests \
+      --gtest_filter="$VARKV_SANITIZE_FILTER" >"$OUT/sanitizer-$tool.log" 2>&1
+    echo "compute-sanitizer $tool ($VARKV_SANITIZE_FILTER): exit $? -- $(grep -E 'ERROR SUMMARY|PASSED|FAILED' "$OUT/sanitizer-$tool.log" | tr '\n' ' ')"
+  done
+fi

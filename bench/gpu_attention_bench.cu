@@ -1,0 +1,319 @@
+// GPU microbenchmarks of the fused attention (one scale step of one layer) and of selection +
+// compaction, at VAR-d16/d30 (var-256, B = 1, 16, 64 images x2 CFG) and Infinity-2B
+// (infinity-1024, B = 1, 4 x2 CFG) shapes, full cache and 10% budget.
+//
+// Timing: CUDA events around single launches after 3 warm-ups, median of 25 (us_median, also the
+// reported time); us_b2b is the mean of 25 back-to-back launches in one stream (launch gaps
+// overlapped, what a layer loop sees); us_graph is the mean per launch inside a CUDA graph of 20
+// launches (no host launch overhead: what a captured generation step sees). TFLOP/s counts 4 * n_q * n_k * d per (sequence, head);
+// GB/s counts Q, the kept K/V, the new K/V, O and LSE once. The measured device-to-device copy
+// bandwidth (bytes read + written) is printed first; the bf16 tensor-core ceiling is measured by
+// bench/peers/sdpa_peer.py in the same run (torch.matmul 8192^3).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+
+#include <varkv/attention/fused_attention.cuh>
+#include <varkv/core/model_geometry.hpp>
+#include <varkv/core/scale_schedule.hpp>
+#include <varkv/selection/topk_compaction.cuh>
+
+using namespace varkv;
+
+namespace {
+
+__global__ void fill_random(bf16* p, std::size_t n, unsigned seed) {
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n; i += std::size_t{gridDim.x} * blockDim.x) {
+    unsigned x = static_cast<unsigned>(i) * 2654435761u ^ seed;
+    x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+    p[i] = __float2bfloat16((x & 0xFFFF) / 32768.0f - 1.0f);
+  }
+}
+__global__ void fill_float(float* p, std::size_t n, unsigned seed) {
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n; i += std::size_t{gridDim.x} * blockDim.x) {
+    unsigned x = static_cast<unsigned>(i) * 2654435761u ^ seed;
+    x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15;
+    p[i] = (x & 0xFFFFFF) / 16777216.0f;
+  }
+}
+void random_fill(bf16* p, std::size_t n, unsigned seed) {
+  if (!n) return;
+  fill_random<<<1024, 256>>>(p, n, seed);
+  VARKV_CUDA_CHECK_LAUNCH("fill_random");
+}
+
+struct Timing {
+  double median_us, b2b_us, graph_us;
+};
+
+// `launch(stream)` enqueues one launch. Returns the median of single event-timed launches, the mean
+// of back-to-back launches, and the mean per launch of a CUDA graph of 20 launches (replayed 10
+// times): the device-side cost with host launch overhead removed.
+template <class F>
+Timing time_launches(F&& launch, int reps = 25) {
+  cudaStream_t st;
+  VARKV_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaEvent_t a, b;
+  VARKV_CUDA_CHECK(cudaEventCreate(&a));
+  VARKV_CUDA_CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) launch(st);
+  VARKV_CUDA_CHECK(cudaStreamSynchronize(st));
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    VARKV_CUDA_CHECK(cudaEventRecord(a, st));
+    launch(st);
+    VARKV_CUDA_CHECK(cudaEventRecord(b, st));
+    VARKV_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    VARKV_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  std::sort(t.begin(), t.end());
+  VARKV_CUDA_CHECK(cudaEventRecord(a, st));
+  for (int i = 0; i < reps; ++i) launch(st);
+  VARKV_CUDA_CHECK(cudaEventRecord(b, st));
+  VARKV_CUDA_CHECK(cudaEventSynchronize(b));
+  float total = 0;
+  VARKV_CUDA_CHECK(cudaEventElapsedTime(&total, a, b));
+  constexpr int kInGraph = 20, kReplays = 10;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  VARKV_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < kInGraph; ++i) launch(st);
+  VARKV_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+  VARKV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int i = 0; i < 2; ++i) VARKV_CUDA_CHECK(cudaGraphLaunch(exec, st));
+  VARKV_CUDA_CHECK(cudaEventRecord(a, st));
+  for (int i = 0; i < kReplays; ++i) VARKV_CUDA_CHECK(cudaGraphLaunch(exec, st));
+  VARKV_CUDA_CHECK(cudaEventRecord(b, st));
+  VARKV_CUDA_CHECK(cudaEventSynchronize(b));
+  float graph_ms = 0;
+  VARKV_CUDA_CHECK(cudaEventElapsedTime(&graph_ms, a, b));
+  VARKV_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  VARKV_CUDA_CHECK(cudaGraphDestroy(graph));
+  VARKV_CUDA_CHECK(cudaEventDestroy(a));
+  VARKV_CUDA_CHECK(cudaEventDestroy(b));
+  VARKV_CUDA_CHECK(cudaStreamDestroy(st));
+  return {1e3 * t[t.size() / 2], 1e3 * total / reps, 1e3 * graph_ms / (kInGraph * kReplays)};
+}
+
+enum class StatMode { none, prob_window16, prob_all, logit_window16 };
+
+// One layer's scale step: S = 2B sequences, cache of `len` kept tokens per row, n_new new ones.
+void BM_attention(benchmark::State& state, ModelGeometry geo, std::string sched_name, int images, int scale,
+                  double budget, StatMode stat, int rows) {
+  const auto sched = schedules::by_name(sched_name);
+  const int S = 2 * images, H = geo.heads, d = geo.head_dim;
+  const int nq = static_cast<int>(sched.tokens(scale)), n_new = nq;
+  const int full = static_cast<int>(sched.begin(scale));
+  const int len = budget >= 1.0 ? full : static_cast<int>(std::lround(budget * full));
+  const int cap = std::max(len, 1);
+  DeviceLayerCache<bf16> cache(S, H, d, cap);
+  auto v = cache.view();
+  random_fill(v.keys.data(), v.keys.size(), 1);
+  random_fill(v.values.data(), v.values.size(), 2);
+  std::vector<std::int32_t> lens(static_cast<std::size_t>(S) * H, len);
+  VARKV_CUDA_CHECK(cudaMemcpy(v.lengths, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice));
+  const std::size_t qn = static_cast<std::size_t>(S) * H * nq * d, kn = static_cast<std::size_t>(S) * H * n_new * d;
+  DeviceBuffer<bf16> q(qn), k(kn), vv(kn), o(qn);
+  DeviceBuffer<float> lse(static_cast<std::size_t>(S) * H * nq), kstat(static_cast<std::size_t>(S) * H * (cap + n_new));
+  random_fill(q.data(), qn, 3);
+  random_fill(k.data(), kn, 4);
+  random_fill(vv.data(), kn, 5);
+  FusedAttentionArgs a;
+  a.q = make_view<4, const bf16>("q", q.data(), {S, H, nq, d});
+  a.cache = v;
+  a.new_k = make_view<4, const bf16>("k", k.data(), {S, H, n_new, d});
+  a.new_v = make_view<4, const bf16>("v", vv.data(), {S, H, n_new, d});
+  a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(d));
+  a.out = make_view<4>("o", o.data(), {S, H, nq, d});
+  a.lse = make_view<3>("lse", lse.data(), {S, H, nq});
+  a.rows_per_item = rows;
+  if (stat != StatMode::none) {
+    std::vector<std::int32_t> idx;
+    const int h = sched.scale(scale).h, w = sched.scale(scale).w;
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) idx.push_back(((2 * i + 1) * h / 8) * w + (2 * j + 1) * w / 8);
+    std::sort(idx.begin(), idx.end());
+    idx.erase(std::unique(idx.begin(), idx.end()), idx.end());
+    a.observers = stat == StatMode::prob_all ? ObserverSet::every_query() : ObserverSet::listed(idx);
+    a.key_stat = make_view<3>("key_stat", kstat.data(), {S, H, cap + n_new});
+  }
+  Timing t{};
+  for (auto _ : state) {
+    if (stat == StatMode::none) t = time_launches([&](cudaStream_t st) { fused_attention<NoStats>(a, st); });
+    else if (stat == StatMode::logit_window16)
+      t = time_launches([&](cudaStream_t st) { fused_attention<ObserverLogitSum>(a, st); });
+    else t = time_launches([&](cudaStream_t st) { fused_attention<ObserverProbabilityMass>(a, st); });
+    state.SetIterationTime(t.median_us * 1e-6);
+  }
+  const double nk = len + n_new;
+  const double flops = 4.0 * S * H * nq * nk * d;
+  const double bytes = 2.0 * S * H * d * (2.0 * nq + 2.0 * nk) + 4.0 * S * H * nq;
+  state.counters["us_median"] = t.median_us;
+  state.counters["us_b2b"] = t.b2b_us;
+  state.counters["us_graph"] = t.graph_us;
+  state.counters["TFLOPs"] = flops / (t.median_us * 1e-6) / 1e12;
+  state.counters["GBps"] = bytes / (t.median_us * 1e-6) / 1e9;
+  state.counters["n_q"] = nq;
+  state.counters["n_k"] = nk;
+}
+
+// Selection + compaction of one layer after a scale step: budget = 10% of the full candidates.
+void BM_select_compact(benchmark::State& state, ModelGeometry geo, std::string sched_name, int images, int scale,
+                       double cache_fraction) {
+  const auto sched = schedules::by_name(sched_name);
+  const int S = 2 * images, H = geo.heads, d = geo.head_dim;
+  const int n_new = static_cast<int>(sched.tokens(scale)), full = static_cast<int>(sched.begin(scale));
+  const int len = static_cast<int>(std::lround(cache_fraction * full));
+  const int cap = full + n_new;
+  DeviceLayerCache<bf16> cache(S, H, d, cap);
+  auto v = cache.view();
+  random_fill(v.keys.data(), v.keys.size(), 1);
+  random_fill(v.values.data(), v.values.size(), 2);
+  std::vector<std::int32_t> lens(static_cast<std::size_t>(S) * H, len), pos(static_cast<std::size_t>(S) * H * cap, -1);
+  for (std::size_t r = 0; r < lens.size(); ++r)
+    for (int j = 0; j < len; ++j) pos[r * cap + j] = static_cast<std::int32_t>(static_cast<std::int64_t>(j) * full / std::max(len, 1));
+  DeviceBuffer<std::int32_t> lens0(lens), pos0(pos);
+  const std::size_t kn = static_cast<std::size_t>(S) * H * n_new * d;
+  DeviceBuffer<bf16> k(kn), vv(kn);
+  random_fill(k.data(), kn, 4);
+  random_fill(vv.data(), kn, 5);
+  DeviceBuffer<float> scores(static_cast<std::size_t>(S) * H * (cap + n_new));
+  fill_float<<<1024, 256>>>(scores.data(), scores.size(), 7);
+  VARKV_CUDA_CHECK_LAUNCH("fill_float");
+  const int budget = std::max(1, static_cast<int>((full + n_new) / 10));
+  DeviceBuffer<std::int32_t> budgets(std::vector<std::int32_t>(lens.size(), budget)), status(3);
+  SelectionArgs<bf16> a;
+  a.cache = v;
+  a.scores = make_view<3, const float>("scores", scores.data(), {S, H, cap + n_new});
+  a.new_k = make_view<4, const bf16>("k", k.data(), {S, H, n_new, d});
+  a.new_v = make_view<4, const bf16>("v", vv.data(), {S, H, n_new, d});
+  a.first_new_position = full;
+  a.retained = RetentionRanges::of({{0, static_cast<std::int32_t>(sched.begin(std::min(4, scale)))}});
+  a.budgets = budgets.data();
+  a.status = status.data();
+  // Each launch first restores the pre-step lengths and positions (copies outside the timed kernel
+  // are small: S*H*cap int32), so every timed launch does the same work.
+  std::vector<float> t;
+  cudaEvent_t e0, e1;
+  VARKV_CUDA_CHECK(cudaEventCreate(&e0));
+  VARKV_CUDA_CHECK(cudaEventCreate(&e1));
+  for (auto _ : state) {
+    t.clear();
+    for (int i = 0; i < 23; ++i) {
+      VARKV_CUDA_CHECK(cudaMemcpyAsync(v.lengths, lens0.data(), lens0.bytes(), cudaMemcpyDeviceToDevice));
+      VARKV_CUDA_CHECK(cudaMemcpyAsync(v.positions.data(), pos0.data(), pos0.bytes(), cudaMemcpyDeviceToDevice));
+      VARKV_CUDA_CHECK(cudaEventRecord(e0));
+      select_and_compact(a, nullptr, /*verify=*/false);
+      VARKV_CUDA_CHECK(cudaEventRecord(e1));
+      VARKV_CUDA_CHECK(cudaEventSynchronize(e1));
+      float ms = 0;
+      VARKV_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      if (i >= 3) t.push_back(ms);
+    }
+    std::sort(t.begin(), t.end());
+    state.SetIterationTime(t[t.size() / 2] * 1e-3);
+  }
+  std::int32_t st = 0;
+  VARKV_CUDA_CHECK(cudaMemcpy(&st, status.data(), 4, cudaMemcpyDeviceToHost));
+  if (st != 0) state.SkipWithError("selection reported an error status");
+  VARKV_CUDA_CHECK(cudaEventDestroy(e0));
+  VARKV_CUDA_CHECK(cudaEventDestroy(e1));
+  state.counters["us_median"] = 1e3 * t[t.size() / 2];
+  state.counters["candidates"] = len + n_new;
+  state.counters["budget"] = budget;
+}
+
+double measure_copy_bandwidth() {
+  const std::size_t bytes = std::size_t{2} << 30;
+  DeviceBuffer<char> a(bytes), b(bytes);
+  VARKV_CUDA_CHECK(cudaMemset(a.data(), 1, bytes));
+  cudaEvent_t e0, e1;
+  VARKV_CUDA_CHECK(cudaEventCreate(&e0));
+  VARKV_CUDA_CHECK(cudaEventCreate(&e1));
+  VARKV_CUDA_CHECK(cudaMemcpy(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
+  std::vector<float> t;
+  for (int i = 0; i < 10; ++i) {
+    VARKV_CUDA_CHECK(cudaEventRecord(e0));
+    VARKV_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
+    VARKV_CUDA_CHECK(cudaEventRecord(e1));
+    VARKV_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    VARKV_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    t.push_back(ms);
+  }
+  std::sort(t.begin(), t.end());
+  VARKV_CUDA_CHECK(cudaEventDestroy(e0));
+  VARKV_CUDA_CHECK(cudaEventDestroy(e1));
+  return 2.0 * bytes / (t[t.size() / 2] * 1e-3) / 1e9;
+}
+
+void register_all() {
+  const std::string var = "var-256", inf = "infinity-1024";
+  auto reg_attn = [](const ModelGeometry& g, const std::string& sched, int images, int scale, double budget,
+                     StatMode stat, int rows = 0) {
+    const std::string name = "attn/" + g.name + "/B" + std::to_string(images) + "/scale" +
+                             (scale < 10 ? "0" : "") + std::to_string(scale) +
+                             (budget >= 1.0 ? "/full" : "/10pct") + (stat == StatMode::none             ? ""
+                              : stat == StatMode::prob_window16 ? "/prob-window16"
+                              : stat == StatMode::prob_all      ? "/prob-all"
+                                                                : "/logit-window16") +
+                             (rows ? "/rows" + std::to_string(rows) : "");
+    benchmark::RegisterBenchmark(name.c_str(), BM_attention, g, sched, images, scale, budget, stat, rows)
+        ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
+  };
+  for (const auto& g : {geometries::var_d16(), geometries::var_d30()})
+    for (int images : {1, 16, 64})
+      for (double budget : {1.0, 0.1})
+        for (int s = 0; s < 10; ++s) reg_attn(g, var, images, s, budget, StatMode::none);
+  for (int images : {1, 4})
+    for (double budget : {1.0, 0.1})
+      for (int s = 0; s < 13; ++s) reg_attn(geometries::infinity_2b(), inf, images, s, budget, StatMode::none);
+  // The work-item sizes against each other at the large scales (automatic picks 128 rows there).
+  for (int rows : {64, 128})
+    for (int s = 7; s < 10; ++s) {
+      reg_attn(geometries::var_d30(), var, 64, s, 1.0, StatMode::none, rows);
+      reg_attn(geometries::var_d30(), var, 64, s, 0.1, StatMode::none, rows);
+    }
+  for (int rows : {64, 128}) reg_attn(geometries::infinity_2b(), inf, 4, 12, 1.0, StatMode::none, rows);
+  for (int rows : {32, 64}) reg_attn(geometries::var_d30(), var, 64, 4, 1.0, StatMode::none, rows);  // 5x5
+  // Cost of the fused statistic (ScaleKV window, probability mass) at the largest scales.
+  for (StatMode m : {StatMode::prob_window16, StatMode::logit_window16, StatMode::prob_all}) {
+    reg_attn(geometries::var_d30(), var, 64, 9, 1.0, m);
+    reg_attn(geometries::var_d30(), var, 64, 9, 0.1, m);
+    reg_attn(geometries::infinity_2b(), inf, 4, 12, 1.0, m);
+  }
+  for (double frac : {1.0, 0.1}) {
+    const std::string tag = frac >= 1.0 ? "full" : "10pct";
+    benchmark::RegisterBenchmark(("select/infinity-2b/B4/scale12/" + tag + "-cache").c_str(), BM_select_compact,
+                                 geometries::infinity_2b(), inf, 4, 12, frac)
+        ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("select/var-d30/B64/scale09/" + tag + "-cache").c_str(), BM_select_compact,
+                                 geometries::var_d30(), var, 64, 9, frac)
+        ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  cudaDeviceProp prop{};
+  VARKV_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const double bw = measure_copy_bandwidth();
+  std::printf("GPU %s, %d SMs; measured D2D copy bandwidth %.0f GB/s (read + write); bf16 tensor-core ceiling: see "
+              "sdpa_peer.py (matmul 8192^3), ~800 TFLOP/s on H100 SXM\n",
+              prop.name, prop.multiProcessorCount, bw);
+  benchmark::AddCustomContext("d2d_copy_GBps", std::to_string(bw));
+  register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""PyTorch baseline for bench/gpu_attention_bench.cu, on the same shapes, in the same device call.
+
+For every (model, images, scale) shape of the varkv benchmark: SDPA with each backend (flash,
+cuDNN, memory-efficient) on the full cache; on a 10% cache pre-compacted; on a 10% cache gathered on
+the fly from the full one (torch.gather + cat, timed with the attention). Plus ScaleKV's selection in
+PyTorch (16 window queries' logits, summed, max-pool 5, top-k, sort, gather of K and V) at the
+largest scales, and the two ceilings (device-to-device copy, bf16 matmul 8192^3).
+Times: CUDA events around single calls after 3 warm-ups, median of 25 (the varkv bench's rule).
+With --ours FILE (the varkv Google Benchmark JSON) it prints the issue's target ratios.
+
+  python3 bench/peers/sdpa_peer.py --out peer.json [--ours varkv_bench_gpu_attention.json]
+"""
+import argparse
+import json
+import math
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+VAR256 = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
+INF1024 = [1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64]
+MODELS = {  # name: (heads, head_dim, sides, images)
+    "var-d16": (16, 64, VAR256, [1, 16, 64]),
+    "var-d30": (30, 64, VAR256, [1, 16, 64]),
+    "infinity-2b": (16, 128, INF1024, [1, 4]),
+}
+BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def time_us(fn, reps=25):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e3)
+    return statistics.median(ts)
+
+
+def ceilings():
+    x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    t = time_us(lambda: y.copy_(x), reps=10)
+    bw = 2 * x.numel() / (t * 1e-6) / 1e9
+    del x, y
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    t = time_us(lambda: a @ b, reps=10)
+    return bw, 2 * n ** 3 / (t * 1e-6) / 1e12
+
+
+def sdpa(backend, q, k, v, scale):
+    with sdpa_kernel([BACKENDS[backend]]):
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def window_index(h, w):
+    idx = sorted({((2 * i + 1) * h // 8) * w + (2 * j + 1) * w // 8 for i in range(4) for j in range(4)})
+    return torch.tensor(idx, device="cuda")
+
+
+def scalekv_select(q, k, v, win, budget, scale):
+    """ScaleKV-style selection: window logits summed over the 16 window queries, max-pool 5, top-k,
+    sort (position order), gather K and V."""
+    logits = torch.matmul(q[:, :, win], k.transpose(-1, -2)) * scale  # [S, H, 16, L]
+    score = logits.sum(-2)
+    pooled = F.max_pool1d(score.flatten(0, 1).unsqueeze(1).float(), 5, 1, 2).view_as(score)
+    idx = pooled.topk(budget, dim=-1).indices.sort(-1).values
+    gi = idx.unsqueeze(-1).expand(-1, -1, -1, k.shape[-1])
+    return torch.gather(k, 2, gi), torch.gather(v, 2, gi)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="peer.json")
+    ap.add_argument("--ours", default=None)
+    ap.add_argument("--quick", action="store_true", help="fewer shapes")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    dev = torch.cuda.get_device_properties(0)
+    bw, tflops = ceilings()
+    print(f"GPU {dev.name}, torch {torch.__version__}: D2D copy {bw:.0f} GB/s (read+write), "
+          f"bf16 matmul 8192^3 {tflops:.0f} TFLOP/s", flush=True)
+    res = {"device": dev.name, "copy_GBps": bw, "matmul_TFLOPs": tflops, "attn": {}, "select": {}}
+    for model, (H, d, sides, images_list) in MODELS.items():
+        scale = 1.0 / math.sqrt(d)
+        for images in images_list:
+            S = 2 * images
+            begin = 0
+            for s, side in enumerate(sides):
+                nq = side * side
+                full = begin
+                begin += nq
+                if args.quick and s not in (0, 5, len(sides) - 1):
+                    continue
+                kept = round(0.1 * full)
+                q = torch.randn(S, H, nq, d, device="cuda", dtype=torch.bfloat16)
+                kf = torch.randn(S, H, full + nq, d, device="cuda", dtype=torch.bfloat16)
+                vf = torch.randn_like(kf)
+                kc, vc = kf[:, :, full - kept:].contiguous(), vf[:, :, full - kept:].contiguous()
+                idx = torch.sort(torch.rand(S, H, full, device="cuda").argsort(-1)[..., :kept], -1).values
+                gi = idx.unsqueeze(-1).expand(-1, -1, -1, d)
+                row = {}
+                for be in BACKENDS:
+                    for case, fn in (
+                        ("full", lambda be=be: sdpa(be, q, kf, vf, scale)),
+                        ("10pct_compacted", lambda be=be: sdpa(be, q, kc, vc, scale)),
+                        ("10pct_gathered", lambda be=be: sdpa(
+                            be, q, torch.cat([torch.gather(kf[:, :, :full], 2, gi), kf[:, :, full:]], 2),
+                            torch.cat([torch.gather(vf[:, :, :full], 2, gi), vf[:, :, full:]], 2), scale)),
+                    ):
+                        try:
+                            row[f"{case}/{be}"] = time_us(fn)
+                        except RuntimeError as e:  # backend refuses this shape
+                            row[f"{case}/{be}"] = float("nan")
+                            row.setdefault("errors", []).append(f"{case}/{be}: {str(e).splitlines()[0][:120]}")
+                key = f"{model}/B{images}/scale{s:02d}"
+                res["attn"][key] = row
+                best = {c: min((v for k_, v in row.items() if k_.startswith(c + "/") and not math.isnan(v)),
+                               default=float("nan")) for c in ("full", "10pct_compacted", "10pct_gathered")}
+                print(f"{key:28s} nq {nq:5d} nk_full {full + nq:6d}  best full {best['full']:9.1f} us  "
+                      f"10% compacted {best['10pct_compacted']:9.1f}  10% gathered {best['10pct_gathered']:9.1f}  "
+                      + " ".join(f"{k_}={v:.1f}" for k_, v in row.items() if k_ != "errors"), flush=True)
+                if (model, images, s) in (("infinity-2b", 4, 12), ("var-d30", 64, 9)):
+                    budget = max(1, (full + nq) // 10)
+                    win = window_index(side, side)
+                    t = time_us(lambda: scalekv_select(q, kf, vf, win, budget, scale))
+                    res["select"][key] = t
+                    print(f"{key:28s} ScaleKV selection in PyTorch (budget {budget}): {t:.1f} us", flush=True)
+                del q, kf, vf, kc, vc, idx, gi
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    if args.ours:
+        summarize(res, args.ours)
+
+
+def summarize(peer, ours_path):
+    with open(ours_path) as f:
+        # Google Benchmark appends "/iterations:1/manual_time" to each name.
+        ours = {b["name"].split("/iterations:")[0]: b for b in json.load(f)["benchmarks"]}
+
+    def us(name, field="us_median"):
+        b = ours.get(name)
+        return b[field] if b and field in b else float("nan")
+
+    def best(key, case):
+        row = peer["attn"].get(key, {})
+        vals = [v for k, v in row.items() if k.startswith(case + "/") and not math.isnan(v)]
+        return min(vals) if vals else float("nan")
+
+    print("\n=== targets (ratios to the best peer measured in this run) ===")
+    o10 = sum(us(f"attn/var-d30/B64/scale{s:02d}/10pct") for s in range(10))
+    ofull = sum(us(f"attn/var-d30/B64/scale{s:02d}/full") for s in range(10))
+    pfull = sum(best(f"var-d30/B64/scale{s:02d}", "full") for s in range(10))
+    pcomp = sum(best(f"var-d30/B64/scale{s:02d}", "10pct_compacted") for s in range(10))
+    print(f"VAR-d30 B=64, sum of 10 scales: varkv 10% {o10:.1f} us, varkv full {ofull:.1f} us; best SDPA full "
+          f"{pfull:.1f} us -> {pfull / o10:.2f}x (target >= 2.5x); best SDPA 10% pre-compacted {pcomp:.1f} us -> "
+          f"{pcomp / o10:.2f}x (target >= 1.5x); full vs full {pfull / ofull:.2f}x")
+    for field in ("us_median", "us_b2b", "us_graph"):
+        worst, worst_name = 0.0, ""
+        for name, b in ours.items():
+            if not name.startswith("attn/") or "/prob" in name or "/logit" in name or "/rows" in name:
+                continue
+            parts = name.split("/")
+            s = int(parts[3][5:])
+            side = (VAR256 if parts[1].startswith("var") else INF1024)[s]
+            if side <= 6 and b.get(field, 0) > worst:
+                worst, worst_name = b[field], name
+        print(f"scales <= 6x6: worst varkv {field} {worst:.1f} us ({worst_name}); target <= 12 us")
+    for case in ("full", "10pct"):
+        o = us(f"attn/infinity-2b/B4/scale12/{case}")
+        p = best("infinity-2b/B4/scale12", "full" if case == "full" else "10pct_compacted")
+        print(f"Infinity-2B B=4 last scale {case}: varkv {o:.1f} us, best SDPA {p:.1f} us -> throughput ratio "
+              f"{p / o:.2f}x" + (" (target >= 0.85x)" if case == "full" else ""))
+    for key in ("infinity-2b/B4/scale12", "var-d30/B64/scale09"):
+        m, b, s = key.split("/")
+        sel = us(f"select/{m}/{b}/{s}/full-cache")
+        att = us(f"attn/{m}/{b}/{s}/full")
+        pt = peer["select"].get(key, float("nan"))
+        print(f"{key}: varkv select+compact {sel:.1f} us = {100 * sel / att:.1f}% of varkv full attention "
+              f"({att:.1f} us; target < 10%); ScaleKV selection in PyTorch {pt:.1f} us")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,414 @@
+// Fused attention over a compacted cache vs the exact CPU reference (varkv::reference_attention).
+//
+// Bounds (bf16 inputs, fp32 accumulation, bf16 output; reference = the same bf16-rounded inputs in
+// fp64): relative Frobenius error of O < 1e-2; max |LSE - LSE_ref| < 1e-2 (natural log); key_stat
+// relative Frobenius error < 2e-2 over every entry, entries past a row's length exactly 0.
+// Top-k rule: with k = 10% of a row's candidates and t the reference's k-th largest statistic,
+// margin = 2e-2 * max|stat_ref| of the row: every key whose reference statistic exceeds t + margin
+// must be in the kernel's top-k, and none below t - margin may be.
+// Every output is poisoned with NaN before the launch; cache slots past a row's length hold NaN, so
+// a read past the length shows up as NaN in O.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+
+#include <varkv/attention/fused_attention.cuh>
+#include <varkv/attention/reference_attention.hpp>
+#include <varkv/core/scale_schedule.hpp>
+
+#include "../support/random.hpp"
+
+using namespace varkv;
+
+namespace {
+
+enum class StatKind { none, probability_mass, logit_sum };
+enum class ObsKind { window16, every };
+
+struct Case {
+  std::string schedule;
+  int scale = 0;
+  int S = 2, H = 2, d = 64;
+  double budget = 1.0;  // fraction of the full cache each row keeps (ragged around it)
+  StatKind stat = StatKind::none;
+  ObsKind obs = ObsKind::window16;
+  bool var_style = false;  // L2-normalised q, k with the scale folded into q, softmax scale 1
+  int rows = 0;            // forced rows_per_item (0: automatic)
+};
+
+std::string name(const Case& c) {
+  static const char* st[] = {"none", "prob", "logit"};
+  return c.schedule + " scale " + std::to_string(c.scale) + " S" + std::to_string(c.S) + " H" + std::to_string(c.H) +
+         " d" + std::to_string(c.d) + " budget " + std::to_string(c.budget) + " stat " +
+         st[static_cast<int>(c.stat)] + (c.obs == ObsKind::every ? " all-observers" : " window-observers") +
+         (c.var_style ? " var-style" : "") + (c.rows ? " rows " + std::to_string(c.rows) : "");
+}
+
+float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
+
+std::vector<bf16> to_bf16(const std::vector<float>& v) {
+  std::vector<bf16> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __float2bfloat16(v[i]);
+  return out;
+}
+
+// ScaleKV's observation window: 16 queries on a 4x4 grid of the h x w map (fewer on small maps).
+std::vector<std::int32_t> window_observers(int h, int w) {
+  std::vector<std::int32_t> idx;
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) {
+      const int r = (2 * i + 1) * h / 8, c = (2 * j + 1) * w / 8;
+      idx.push_back(r * w + c);
+    }
+  std::sort(idx.begin(), idx.end());
+  idx.erase(std::unique(idx.begin(), idx.end()), idx.end());
+  return idx;
+}
+
+double rel_fro(const std::vector<float>& got, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    const double e = static_cast<double>(got[i]) - ref[i];
+    num += e * e;
+    den += static_cast<double>(ref[i]) * ref[i];
+  }
+  return std::isnan(num) ? INFINITY : std::sqrt(num / std::max(den, 1e-30));
+}
+
+struct Errors {
+  double o = 0, lse = 0, stat = 0;
+};
+
+Errors run_case(const Case& c, std::uint64_t seed) {
+  SCOPED_TRACE(name(c));
+  std::mt19937_64 rng(seed);
+  const auto sched = schedules::by_name(c.schedule);
+  const int S = c.S, H = c.H, d = c.d;
+  const int nq = static_cast<int>(sched.tokens(c.scale)), n_new = nq;
+  const int full = static_cast<int>(sched.begin(c.scale));
+  const int cap = full;
+  // Ragged lengths around budget * full (clamped to 0..cap); every row needs a key: n_new >= 1 always.
+  std::vector<std::int32_t> len(static_cast<std::size_t>(S * H));
+  const int base = static_cast<int>(std::lround(c.budget * full));
+  const int jitter = std::max(1, base / 8);
+  std::uniform_int_distribution<int> jd(-jitter, jitter);
+  for (auto& l : len) l = c.budget == 0.0 ? 0 : std::clamp(base + jd(rng), 0, cap);
+  if (c.budget == 1.0 && !len.empty()) len[0] = cap;
+
+  const double scale = c.var_style ? 1.0 : 1.0 / std::sqrt(static_cast<double>(d));
+  auto gen = [&](std::size_t n, float sd) { return varkv::testing::random_normal(n, rng, sd); };
+  std::vector<float> q = gen(static_cast<std::size_t>(S) * H * nq * d, 1.0f);
+  std::vector<float> ck = gen(static_cast<std::size_t>(S) * H * cap * d, 1.0f);
+  std::vector<float> cv = gen(static_cast<std::size_t>(S) * H * cap * d, 1.0f);
+  std::vector<float> nk = gen(static_cast<std::size_t>(S) * H * n_new * d, 1.0f);
+  std::vector<float> nv = gen(static_cast<std::size_t>(S) * H * n_new * d, 1.0f);
+  if (c.var_style) {  // L2-normalise rows; fold a logit scale of 8 into q (VAR's scale_mul, clamped)
+    auto norm_rows = [&](std::vector<float>& v, float mul) {
+      for (std::size_t r = 0; r < v.size() / d; ++r) {
+        double s = 0;
+        for (int i = 0; i < d; ++i) s += double(v[r * d + i]) * v[r * d + i];
+        const float f = mul / static_cast<float>(std::sqrt(s));
+        for (int i = 0; i < d; ++i) v[r * d + i] *= f;
+      }
+    };
+    norm_rows(q, 8.0f); norm_rows(ck, 1.0f); norm_rows(nk, 1.0f);
+  }
+  for (auto* v : {&q, &ck, &cv, &nk, &nv})
+    for (auto& x : *v) x = bf16_round(x);
+  // Slots past a row's length: NaN in device memory (a read would poison O); zeros for the reference.
+  std::vector<float> ck_dev = ck, cv_dev = cv;
+  for (int r = 0; r < S * H; ++r)
+    for (int j = len[r]; j < cap; ++j)
+      for (int i = 0; i < d; ++i) {
+        const std::size_t o = (static_cast<std::size_t>(r) * cap + j) * d + i;
+        ck_dev[o] = cv_dev[o] = NAN;
+      }
+
+  std::vector<std::int32_t> observers;
+  if (c.stat != StatKind::none) {
+    if (c.obs == ObsKind::every) {
+      for (int i = 0; i < nq; ++i) observers.push_back(i);
+    } else {
+      observers = window_observers(sched.scale(c.scale).h, sched.scale(c.scale).w);
+    }
+  }
+
+  // Reference.
+  std::vector<float> ref_o(static_cast<std::size_t>(S) * H * nq * d), ref_lse(static_cast<std::size_t>(S) * H * nq);
+  std::vector<float> ref_stat(static_cast<std::size_t>(S) * H * (cap + n_new));
+  {
+    ReferenceAttentionArgs a;
+    a.q = make_view<4, const float>("q", q.data(), {S, H, nq, d});
+    a.cache_k = make_view<4, const float>("ck", ck.data(), {S, H, cap, d});
+    a.cache_v = make_view<4, const float>("cv", cv.data(), {S, H, cap, d});
+    a.cache_len = len;
+    a.new_k = make_view<4, const float>("nk", nk.data(), {S, H, n_new, d});
+    a.new_v = make_view<4, const float>("nv", nv.data(), {S, H, n_new, d});
+    a.softmax_scale = scale;
+    a.out = make_view<4>("o", ref_o.data(), {S, H, nq, d});
+    a.lse = make_view<3>("lse", ref_lse.data(), {S, H, nq});
+    a.observers = observers;
+    a.statistic = c.stat == StatKind::logit_sum ? KeyStatistic::logit_sum : KeyStatistic::probability_mass;
+    a.key_stat = make_view<3>("ks", ref_stat.data(), {S, H, cap + n_new});
+    reference_attention(a);
+  }
+
+  // Device.
+  LayerKvStore<bf16> host_store(S, H, d, cap);
+  DeviceLayerCache<bf16> cache(S, H, d, cap);
+  {
+    // Write the cache buffers directly (same layout as LayerKvStore): keys, values, lengths.
+    const auto v = cache.view();
+    const auto kb = to_bf16(ck_dev), vb = to_bf16(cv_dev);
+    if (!kb.empty()) {
+      VARKV_CUDA_CHECK(cudaMemcpy(v.keys.data(), kb.data(), kb.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+      VARKV_CUDA_CHECK(cudaMemcpy(v.values.data(), vb.data(), vb.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+    }
+    VARKV_CUDA_CHECK(cudaMemcpy(v.lengths, len.data(), len.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+  }
+  DeviceBuffer<bf16> dq(to_bf16(q)), dnk(to_bf16(nk)), dnv(to_bf16(nv));
+  DeviceBuffer<bf16> dout(ref_o.size());
+  DeviceBuffer<float> dlse(ref_lse.size()), dstat(ref_stat.size());
+  dout.poison();
+  dlse.poison();
+  dstat.poison();
+
+  FusedAttentionArgs a;
+  a.q = make_view<4, const bf16>("q", dq.data(), {S, H, nq, d});
+  a.cache = cache.view();
+  a.new_k = make_view<4, const bf16>("new_k", dnk.data(), {S, H, n_new, d});
+  a.new_v = make_view<4, const bf16>("new_v", dnv.data(), {S, H, n_new, d});
+  a.softmax_scale = static_cast<float>(scale);
+  a.out = make_view<4>("out", dout.data(), {S, H, nq, d});
+  a.lse = make_view<3>("lse", dlse.data(), {S, H, nq});
+  a.host_lengths = len;
+  a.rows_per_item = c.rows;
+  if (c.stat != StatKind::none) {
+    a.observers = c.obs == ObsKind::every ? ObserverSet::every_query() : ObserverSet::listed(observers);
+    a.key_stat = make_view<3>("key_stat", dstat.data(), {S, H, cap + n_new});
+  }
+  switch (c.stat) {
+    case StatKind::none: fused_attention<NoStats>(a); break;
+    case StatKind::probability_mass: fused_attention<ObserverProbabilityMass>(a); break;
+    case StatKind::logit_sum: fused_attention<ObserverLogitSum>(a); break;
+  }
+  VARKV_CUDA_CHECK(cudaDeviceSynchronize());
+
+  const auto ob = dout.download();
+  std::vector<float> got_o(ob.size());
+  for (std::size_t i = 0; i < ob.size(); ++i) got_o[i] = __bfloat162float(ob[i]);
+  const auto got_lse = dlse.download();
+  Errors e;
+  e.o = rel_fro(got_o, ref_o);
+  for (std::size_t i = 0; i < ref_lse.size(); ++i)
+    e.lse = std::max(e.lse, std::isnan(got_lse[i]) ? INFINITY : std::abs(double(got_lse[i]) - ref_lse[i]));
+  EXPECT_LT(e.o, 1e-2) << "O relative Frobenius error";
+  EXPECT_LT(e.lse, 1e-2) << "max |LSE error|";
+
+  if (c.stat != StatKind::none) {
+    const auto got_stat = dstat.download();
+    e.stat = rel_fro(got_stat, ref_stat);
+    EXPECT_LT(e.stat, 2e-2) << "key_stat relative Frobenius error";
+    for (int r = 0; r < S * H; ++r) {
+      const std::size_t base_i = static_cast<std::size_t>(r) * (cap + n_new);
+      int nonzero_past_length = 0;
+      for (int j = len[r]; j < cap; ++j) nonzero_past_length += got_stat[base_i + j] != 0.0f;
+      EXPECT_EQ(nonzero_past_length, 0) << "row " << r << ": key_stat past the length must be 0";
+      // Top-k agreement where the reference's margin allows.
+      std::vector<int> cand;
+      for (int j = 0; j < len[r]; ++j) cand.push_back(j);
+      for (int j = 0; j < n_new; ++j) cand.push_back(cap + j);
+      const int k = std::max<int>(1, static_cast<int>(cand.size()) / 10);
+      std::vector<float> rs;
+      double mx = 0;
+      for (int j : cand) {
+        rs.push_back(ref_stat[base_i + j]);
+        mx = std::max(mx, std::abs(double(ref_stat[base_i + j])));
+      }
+      std::vector<float> sorted = rs;
+      std::sort(sorted.begin(), sorted.end(), std::greater<>());
+      const double t = sorted[k - 1], margin = 2e-2 * mx;
+      auto by_got = cand;
+      std::stable_sort(by_got.begin(), by_got.end(),
+                       [&](int x, int y) { return got_stat[base_i + x] > got_stat[base_i + y]; });
+      by_got.resize(k);
+      std::sort(by_got.begin(), by_got.end());
+      for (std::size_t ci = 0; ci < cand.size(); ++ci) {
+        const bool in = std::binary_search(by_got.begin(), by_got.end(), cand[ci]);
+        if (rs[ci] > t + margin) EXPECT_TRUE(in) << "row " << r << " key " << cand[ci] << " should be in the top-" << k;
+        if (rs[ci] < t - margin) EXPECT_FALSE(in) << "row " << r << " key " << cand[ci] << " should not be in the top-" << k;
+      }
+    }
+  }
+  return e;
+}
+
+void run_all(const std::vector<Case>& cases) {
+  const auto seed = varkv::testing::fresh_seed();
+  SCOPED_TRACE(varkv::testing::seed_note(seed));
+  Errors worst;
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const Errors e = run_case(cases[i], seed + i);
+    worst.o = std::max(worst.o, e.o);
+    worst.lse = std::max(worst.lse, e.lse);
+    worst.stat = std::max(worst.stat, e.stat);
+    if (::testing::Test::HasFailure()) return;
+  }
+  std::printf("  %zu cases, worst errors: O rel-Frobenius %.3g, LSE abs %.3g, key_stat rel-Frobenius %.3g\n",
+              cases.size(), worst.o, worst.lse, worst.stat);
+}
+
+constexpr double kBudgets[] = {0.0, 0.05, 0.10, 1.0};
+constexpr StatKind kStats[] = {StatKind::none, StatKind::probability_mass, StatKind::logit_sum};
+
+}  // namespace
+
+TEST(FusedAttention, EveryVar256ScaleHeadDim64) {
+  std::vector<Case> cases;
+  int i = 0;
+  for (int s = 0; s < 10; ++s)
+    for (double b : kBudgets) {
+      Case c{.schedule = "var-256", .scale = s, .S = 4, .H = 3, .d = 64, .budget = b};
+      c.stat = kStats[i % 3];
+      c.obs = (i % 5 == 0) ? ObsKind::every : ObsKind::window16;
+      c.var_style = (i % 2 == 1);
+      cases.push_back(c);
+      ++i;
+    }
+  run_all(cases);
+}
+
+TEST(FusedAttention, EveryVar256ScaleHeadDim128) {
+  std::vector<Case> cases;
+  int i = 0;
+  for (int s = 0; s < 10; ++s)
+    for (double b : kBudgets) {
+      Case c{.schedule = "var-256", .scale = s, .S = 2, .H = 2, .d = 128, .budget = b};
+      c.stat = kStats[(i + 1) % 3];
+      c.obs = (i % 4 == 0) ? ObsKind::every : ObsKind::window16;
+      c.var_style = (i % 2 == 0);
+      cases.push_back(c);
+      ++i;
+    }
+  run_all(cases);
+}
+
+TEST(FusedAttention, Var512Sample) {
+  std::vector<Case> cases;
+  for (int s : {4, 7, 9})
+    for (double b : {0.05, 1.0}) {
+      Case c{.schedule = "var-512", .scale = s, .S = 2, .H = 2, .d = 64, .budget = b};
+      c.stat = s == 9 ? StatKind::probability_mass : StatKind::logit_sum;
+      c.var_style = true;
+      cases.push_back(c);
+    }
+  run_all(cases);
+}
+
+TEST(FusedAttention, Infinity1024SampleWithLastScale) {
+  std::vector<Case> cases;
+  cases.push_back({.schedule = "infinity-1024", .scale = 3, .S = 2, .H = 4, .d = 128, .budget = 0.10,
+                   .stat = StatKind::probability_mass});
+  cases.push_back({.schedule = "infinity-1024", .scale = 9, .S = 2, .H = 1, .d = 128, .budget = 1.0,
+                   .stat = StatKind::logit_sum});
+  // The last scale: 4096 queries over 6425 cached + 4096 new keys (10,521 at full budget).
+  cases.push_back({.schedule = "infinity-1024", .scale = 12, .S = 2, .H = 1, .d = 128, .budget = 1.0,
+                   .stat = StatKind::probability_mass});
+  cases.push_back({.schedule = "infinity-1024", .scale = 12, .S = 2, .H = 1, .d = 128, .budget = 0.10,
+                   .stat = StatKind::none});
+  run_all(cases);
+}
+
+// Every work-item configuration (16 rows: 4 rows per CTA; 32: 4 rows per CTA, 2 m-tiles per warp;
+// 64: 4 warps x 16; 128: 4 warps x 32) on
+// maps smaller and larger than its tile, both head dims, both statistics.
+TEST(FusedAttention, EveryWorkItemConfiguration) {
+  std::vector<Case> cases;
+  int i = 0;
+  for (int rows : {16, 32, 64, 128})
+    for (int s : {2, 6, 9})
+      for (int d : {64, 128}) {
+        Case c{.schedule = "var-256", .scale = s, .S = 2, .H = 3, .d = d, .budget = (i % 2) ? 0.1 : 1.0};
+        c.stat = kStats[i % 3];
+        c.obs = (i % 4 == 1) ? ObsKind::every : ObsKind::window16;
+        c.rows = rows;
+        cases.push_back(c);
+        ++i;
+      }
+  run_all(cases);
+}
+
+// The launcher refuses what the kernel cannot handle, naming the argument.
+TEST(FusedAttention, LauncherRejectsBadArguments) {
+  const int S = 2, H = 2, nq = 4, d = 64, cap = 8, n_new = 4;
+  DeviceLayerCache<bf16> cache(S, H, d, cap);
+  DeviceBuffer<bf16> q(S * H * nq * d + 8), k(S * H * n_new * d), v(S * H * n_new * d), o(S * H * nq * d);
+  DeviceBuffer<float> lse(S * H * nq), stat(S * H * (cap + n_new));
+  std::vector<std::int32_t> lens(S * H, 3);
+  auto good = [&] {
+    FusedAttentionArgs a;
+    a.q = make_view<4, const bf16>("q", q.data(), {S, H, nq, d});
+    a.cache = cache.view();
+    a.new_k = make_view<4, const bf16>("k", k.data(), {S, H, n_new, d});
+    a.new_v = make_view<4, const bf16>("v", v.data(), {S, H, n_new, d});
+    a.softmax_scale = 0.125f;
+    a.out = make_view<4>("o", o.data(), {S, H, nq, d});
+    a.lse = make_view<3>("lse", lse.data(), {S, H, nq});
+    a.host_lengths = lens;
+    return a;
+  };
+  auto expect_error = [](auto&& fn, const char* needle) {
+    try {
+      fn();
+      ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error([&] { auto a = good(); a.q = make_view<4, const bf16>("q", q.data(), {S, H, nq, 32}); fused_attention(a); },
+               "head_dim");
+  expect_error([&] { auto a = good(); a.q = make_view<4, const bf16>("q", q.data() + 1, {S, H, nq, d}); fused_attention(a); },
+               "'q' is not 16-byte aligned");
+  expect_error([&] {
+    auto a = good();
+    a.q = make_view<4, const bf16>("q", q.data(), {S, H, nq, d}, {H * nq * 68, nq * 68, 68, 1});
+    fused_attention(a);
+  }, "16-byte boundaries");
+  expect_error([&] { auto a = good(); a.new_v = make_view<4, const bf16>("v", v.data(), {S, H, 2, d}); fused_attention(a); },
+               "new_v");
+  expect_error([&] { auto a = good(); a.softmax_scale = NAN; fused_attention(a); }, "softmax_scale");
+  expect_error([&] { auto a = good(); a.rows_per_item = 48; fused_attention(a); }, "rows_per_item");
+  expect_error([&] {
+    auto a = good();
+    std::vector<std::int32_t> bad(S * H, 3);
+    bad[3] = cap + 1;
+    a.host_lengths = bad;
+    fused_attention(a);
+  }, "row 3");
+  expect_error([&] { auto a = good(); fused_attention<ObserverProbabilityMass>(a); }, "observer set is empty");
+  expect_error([&] {
+    auto a = good();
+    a.observers = ObserverSet::listed({1, nq});
+    a.key_stat = make_view<3>("key_stat", stat.data(), {S, H, cap + n_new});
+    fused_attention<ObserverLogitSum>(a);
+  }, "outside 0..3");
+  expect_error([&] {
+    auto a = good();
+    a.observers = ObserverSet::listed({1});
+    a.key_stat = make_view<3>("key_stat", stat.data(), {S, H, cap});
+    fused_attention<ObserverLogitSum>(a);
+  }, "key_stat");
+  expect_error([] { (void)ObserverSet::listed({3, 2}); }, "strictly increasing");
+  // A valid call still works after all the refusals.
+  auto a = good();
+  o.poison();
+  fused_attention(a);
+  VARKV_CUDA_CHECK(cudaDeviceSynchronize());
+}
