@@ -31,28 +31,35 @@ struct RowArgs {
 
 // One output row (all W pixels) of one 4-channel tile. `in` already points at the top-left tap of
 // the row (row y of the padded input is output row y's first kernel row).
-[[gnu::always_inline]] inline void conv_row_impl(const RowArgs& a) {
+// Accumulates one tile of kXTile pixels starting at x0 for the 4 output channels of the tile.
+[[gnu::always_inline]] inline void conv_tile(const RowArgs& a, int x0, Vec8 (&acc)[kCoTile][2]) {
   const int k = a.k;
-  int x0 = 0;
-  for (; x0 + kXTile <= a.W; x0 += kXTile) {
-    Vec8 acc[kCoTile][2];
-    for (int t = 0; t < kCoTile; ++t) acc[t][0] = acc[t][1] = Vec8{} + a.bias[t];
-    for (int ci = 0; ci < a.cin; ++ci) {
-      const float* base = a.in + ci * a.in_plane + x0;
-      const float* w = a.wpack + ci * k * k * kCoTile;
-      for (int kh = 0; kh < k; ++kh) {
-        const float* r = base + kh * a.Wp;
-        for (int kw = 0; kw < k; ++kw, w += kCoTile) {
-          Vec8 i0, i1;
-          load8(i0, r + kw);
-          load8(i1, r + kw + 8);
-          for (int t = 0; t < kCoTile; ++t) {
-            acc[t][0] += w[t] * i0;
-            acc[t][1] += w[t] * i1;
-          }
+  for (int t = 0; t < kCoTile; ++t) acc[t][0] = acc[t][1] = Vec8{} + a.bias[t];
+  for (int ci = 0; ci < a.cin; ++ci) {
+    const float* base = a.in + ci * a.in_plane + x0;
+    const float* w = a.wpack + ci * k * k * kCoTile;
+    for (int kh = 0; kh < k; ++kh) {
+      const float* r = base + kh * a.Wp;
+      for (int kw = 0; kw < k; ++kw, w += kCoTile) {
+        Vec8 i0, i1;
+        load8(i0, r + kw);
+        load8(i1, r + kw + 8);
+        for (int t = 0; t < kCoTile; ++t) {
+          acc[t][0] += w[t] * i0;
+          acc[t][1] += w[t] * i1;
         }
       }
     }
+  }
+}
+
+// One output row (all W pixels) of one 4-channel tile. `in` already points at the top-left tap of
+// the row (row y of the padded input is output row y's first kernel row).
+[[gnu::always_inline]] inline void conv_row_impl(const RowArgs& a) {
+  int x0 = 0;
+  Vec8 acc[kCoTile][2];
+  for (; x0 + kXTile <= a.W; x0 += kXTile) {
+    conv_tile(a, x0, acc);
     for (int t = 0; t < a.valid; ++t) {
       std::memcpy(a.out + t * a.plane + x0, &acc[t][0], sizeof(Vec8));
       std::memcpy(a.out + t * a.plane + x0 + 8, &acc[t][1], sizeof(Vec8));
@@ -61,24 +68,7 @@ struct RowArgs {
   if (x0 < a.W) {
     // Tail of fewer than kXTile pixels: compute a full tile (the padded input carries kXTile floats
     // of slack past its end, so the reads stay inside it) and store only the valid lanes.
-    Vec8 acc[kCoTile][2];
-    for (int t = 0; t < kCoTile; ++t) acc[t][0] = acc[t][1] = Vec8{} + a.bias[t];
-    for (int ci = 0; ci < a.cin; ++ci) {
-      const float* base = a.in + ci * a.in_plane + x0;
-      const float* w = a.wpack + ci * k * k * kCoTile;
-      for (int kh = 0; kh < k; ++kh) {
-        const float* r = base + kh * a.Wp;
-        for (int kw = 0; kw < k; ++kw, w += kCoTile) {
-          Vec8 i0, i1;
-          load8(i0, r + kw);
-          load8(i1, r + kw + 8);
-          for (int t = 0; t < kCoTile; ++t) {
-            acc[t][0] += w[t] * i0;
-            acc[t][1] += w[t] * i1;
-          }
-        }
-      }
-    }
+    conv_tile(a, x0, acc);
     float lanes[kXTile];
     for (int t = 0; t < a.valid; ++t) {
       std::memcpy(lanes, &acc[t][0], sizeof(Vec8));

@@ -59,7 +59,9 @@ TEST(FullCache, HoldsEveryScaleAndLedgerIsExact) {
                    make_view<4, const float>("v", v.data(), {2, 2, n, 8}));
       EXPECT_EQ(cache.layer(l).length(1, 1), sched.end(step));
       EXPECT_EQ(cache.layer(l).position(1, 1, sched.begin(step)), sched.begin(step));
-      if (n > 2) EXPECT_EQ(cache.layer(l).keys()(0, 1, sched.begin(step) + 2, 0), k[(1 * n + 2) * 8]);
+      if (n > 2) {
+        EXPECT_EQ(cache.layer(l).keys()(0, 1, sched.begin(step) + 2, 0), k[(1 * n + 2) * 8]);
+      }
       EXPECT_EQ(cache.layer(l).values()(1, 0, sched.end(step) - 1, 3), v[((2 * n) + n - 1) * 8 + 3]);
     }
   const auto expected = KvLedger::full(g, sched, {1, true}, KvDTypes::uniform(DType::bf16));

@@ -157,6 +157,20 @@ __device__ __forceinline__ void group_sync(int group) {
   }
 }
 
+// Sums one key column's statistic over the 8 row groups of an mma fragment (lanes differing in bits
+// 2..4) and adds it to key_stat once per column. Key j < len is cache slot j; later keys are the new
+// scale's, stored after the cache capacity (the reference's key index space).
+__device__ __forceinline__ void add_key_stat_column(const Params& p, float x, int j, int nk, int len, int seq, int head,
+                                                    int g) {
+  x += __shfl_xor_sync(0xffffffffu, x, 4);
+  x += __shfl_xor_sync(0xffffffffu, x, 8);
+  x += __shfl_xor_sync(0xffffffffu, x, 16);
+  if (g == 0 && j < nk) {
+    const int idx = j < len ? j : p.cap + (j - len);
+    atomicAdd(p.key_stat + seq * p.ks_s[0] + head * p.ks_s[1] + idx, x);
+  }
+}
+
 // Listed observers: one CTA per (sequence, head) row; its 4 warps split the key tiles (warp w takes
 // tiles w, w + 4, ...) for each chunk of 16 observers. Logit sum: one pass adding s per key.
 // Probability mass: pass 1 recomputes the observers' exact LSE (QK^T and online max/sum only, no V;
@@ -287,14 +301,7 @@ __device__ void observer_pass(const Params& p, const ObserverSet& obs, int row, 
                 (valid[1] ? exp2f(s[nt][2 + e] * p.scale_log2 - lse2[1]) : 0.f);
           else
             x = (valid[0] ? s[nt][e] * p.scale : 0.f) + (valid[1] ? s[nt][2 + e] * p.scale : 0.f);
-          x += __shfl_xor_sync(0xffffffffu, x, 4);
-          x += __shfl_xor_sync(0xffffffffu, x, 8);
-          x += __shfl_xor_sync(0xffffffffu, x, 16);
-          const int j = t * NO + nt * 8 + 2 * tq + e;
-          if (g == 0 && j < nk) {
-            const int idx = j < len ? j : p.cap + (j - len);
-            atomicAdd(p.key_stat + seq * p.ks_s[0] + head * p.ks_s[1] + idx, x);
-          }
+          add_key_stat_column(p, x, t * NO + nt * 8 + 2 * tq + e, nk, len, seq, head, g);
         }
     });
   }
@@ -393,14 +400,7 @@ __global__ void __launch_bounds__(128) fused_attention_kernel(const Params p, co
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float x = v[nt][e];
-        x += __shfl_xor_sync(0xffffffffu, x, 4);
-        x += __shfl_xor_sync(0xffffffffu, x, 8);
-        x += __shfl_xor_sync(0xffffffffu, x, 16);
-        const int j = t * N + nt * 8 + 2 * tq + e;
-        if (g == 0 && j < nk) {
-          const int idx = j < len ? j : p.cap + (j - len);
-          atomicAdd(p.key_stat + seq * p.ks_s[0] + head * p.ks_s[1] + idx, x);
-        }
+        add_key_stat_column(p, x, t * N + nt * 8 + 2 * tq + e, nk, len, seq, head, g);
       }
   };
   // S = Q K^T for the warp's MT x 16 rows and the N keys of the tile in `kbuf`.
