@@ -20,6 +20,9 @@ endfunction()
 function(varkv_cuda_executable target)
   add_executable(${target} ${ARGN})
   varkv_configure_target(${target})
-  target_link_libraries(${target} PRIVATE CUDA::cudart)
+  # The CPU references that tests and benchmarks run beside the kernels are OpenMP-parallel; the
+  # OpenMP target only flags C++ sources, so pass -fopenmp to nvcc's host compiler too.
+  target_link_libraries(${target} PRIVATE CUDA::cudart OpenMP::OpenMP_CXX)
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-fopenmp>)
   set_target_properties(${target} PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)
 endfunction()
