@@ -336,8 +336,9 @@ struct ObservingFullCache {
   void commit(int step, int l, varkv::TensorView<const float, 4> k, varkv::TensorView<const float, 4> v) {
     inner.commit(step, l, k, v);
   }
-  KeyStatRequest key_stat_request(int step, int) const {
-    KeyStatRequest r;
+  varkv::StatRequest statistics(int step, int) const {
+    varkv::StatRequest r;
+    r.needed = true;
     for (std::int32_t i = 0; i < sched.tokens(step); ++i) r.observers.push_back(i);
     r.statistic = varkv::KeyStatistic::probability_mass;
     return r;

@@ -14,10 +14,11 @@
 //! \par Cache types
 //! `GenerationCache`: `layer(l)` returns a `LayerKvStore<float>` (keys(), values(), lengths()),
 //! `commit(step, l, k, v)` takes the step's K/V [2B, H, n, d], `ledger()` the `KvLedger`.
-//! `varkv::FullCache<float>` is one. A compressing cache that ranks keys by attention adds
-//! `key_stat_request(step, l) -> KeyStatRequest` (observing queries and statistic) and
-//! `commit(step, l, k, v, key_stat)`, key_stat [2B, H, cap + n] as `reference_attention` lays it out
-//! (cap = the layer store's capacity before the commit); the loop detects that at compile time.
+//! `varkv::FullCache<float>` is one. A cache that may rank keys by attention (every
+//! `varkv::CompressedCache`) adds `statistics(step, l) -> varkv::StatRequest` (needed?, observing
+//! queries, statistic) and `commit(step, l, k, v, key_stat)`, key_stat [2B, H, cap + n] as
+//! `reference_attention` lays it out (cap = the layer store's capacity); the loop detects that at
+//! compile time and measures only when the request says `needed`.
 //!
 //! \par Sampling and its generator
 //! top_k == 1 is greedy (argmax, ties to the lowest index). Otherwise every row is filtered as the
@@ -46,6 +47,7 @@
 #include "varkv/attention/reference_attention.hpp"
 #include "varkv/cache/layer_kv_store.hpp"
 #include "varkv/core/kv_ledger.hpp"
+#include "varkv/policy/axis.hpp"
 #include "varkv_reference/var_model.hpp"
 #include "varkv_reference/vqvae.hpp"
 
@@ -60,13 +62,6 @@ struct GenerationRequest {
   bool decode = true;  //!< run the VQ-VAE decoder at the end
 };
 
-//! What a cache may ask the attention to measure for it: per key, `statistic` summed over the
-//! `observers` (query indices of the step, strictly increasing). No observers: nothing measured.
-struct KeyStatRequest {
-  std::vector<std::int32_t> observers;
-  KeyStatistic statistic = KeyStatistic::probability_mass;
-};
-
 template <class C>
 concept GenerationCache = requires(C& c, const C& cc, int step, int l, TensorView<const float, 4> kv) {
   { cc.layer(l) } -> std::convertible_to<const LayerKvStore<float>&>;
@@ -77,7 +72,7 @@ concept GenerationCache = requires(C& c, const C& cc, int step, int l, TensorVie
 template <class C>
 concept ObservingCache = GenerationCache<C> && requires(C& c, int step, int l, TensorView<const float, 4> kv,
                                                         TensorView<const float, 3> stat) {
-  { c.key_stat_request(step, l) } -> std::convertible_to<KeyStatRequest>;
+  { c.statistics(step, l) } -> std::convertible_to<StatRequest>;
   c.commit(step, l, kv, kv, stat);
 };
 
@@ -157,7 +152,12 @@ GenerationResult generate(const VarModel& var, const VqVae& vae, Cache& cache, c
       a.out = st.out;
       a.lse = make_view<3>("lse", lse.data(), {N, H, n});
       if constexpr (ObservingCache<Cache>) {
-        const KeyStatRequest request = cache.key_stat_request(si, st.layer);
+        const StatRequest request = cache.statistics(si, st.layer);
+        if (!request.needed) {
+          reference_attention(a);
+          cache.commit(si, st.layer, st.k, st.v);
+          return;
+        }
         key_stat.assign(static_cast<std::size_t>(N * H * (cap + n)), 0.0f);
         const auto stat_view = make_view<3>("key_stat", key_stat.data(), {N, H, cap + n});
         a.observers = request.observers;

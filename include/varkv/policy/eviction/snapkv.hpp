@@ -1,0 +1,26 @@
+#pragma once
+//! \file SnapKV for VAR: observation window = the last `window` queries of the current map
+//! (0 = the whole map), attention mass max-pooled along token order with `kernel`.
+#include <numeric>
+#include "varkv/policy/eviction/eviction_concept.hpp"
+#include "varkv/policy/eviction/pooling.hpp"
+namespace varkv::eviction {
+struct snapkv {
+  using axis = eviction_axis;
+  static constexpr std::string_view name = "snapkv";
+  struct params_type { std::int32_t window = 0; std::int32_t kernel = 7; };
+  params_type p{};
+  params_type params() const { return p; }
+  StatRequest request(int step, int, const ScaleSchedule& s) const {
+    const auto n = static_cast<std::int32_t>(s.tokens(step));
+    const std::int32_t w = (p.window <= 0 || p.window > n) ? n : p.window;
+    StatRequest r{true, std::vector<std::int32_t>(static_cast<std::size_t>(w)), KeyStatistic::probability_mass};
+    std::iota(r.observers.begin(), r.observers.end(), n - w);
+    return r;
+  }
+  void score(const ScoreContext& c, std::span<float> out) const {
+    const auto pooled = max_pool_1d(c.key_stat, p.kernel);
+    std::copy(pooled.begin(), pooled.end(), out.begin());
+  }
+};
+}  // namespace varkv::eviction
