@@ -318,6 +318,29 @@ TEST(PolicyPresets, EveryPresetHonoursBudgetsZeroOneTenAndHundredPercent) {
   check_budget_levels<presets::Random>("random", rng);
 }
 
+TEST(PolicyPresets, SnapKVObservesTheLastQueriesAndPyramidKVCutsDeeperLayersMore) {
+  // SnapKV with a window of the last 2 queries: the request names exactly them.
+  const auto snap = presets::snapkv({0.0, 4}, 2, 3);
+  const auto req = snap.eviction.request(2, 0, tiny());
+  EXPECT_TRUE(req.needed);
+  EXPECT_EQ(req.observers, (std::vector<std::int32_t>{14, 15}));
+  EXPECT_EQ(presets::snapkv({0.0, 4}).eviction.request(2, 0, tiny()).observers.size(), 16u);  // window 0: whole map
+  // Mass 1 on position 9 and 0.5 on 20, max-pooled by kernel 3 along token order: 8, 9, 10 score 1,
+  // 19 and 20 score 0.5. Budget 4 -> 8, 9, 10 and 19 (the tie 19/20 goes to the lower position).
+  CompressedCache<float, presets::SnapKV> c({"g", 1, 1, 4}, tiny(), {1, false}, {DType::fp32, DType::fp32}, snap);
+  std::mt19937_64 rng(fresh_seed());
+  drive(c, 3, rng, [](int step, int, int, int, int pos) { return step < 2 ? 0.f : (pos == 9 ? 1.f : (pos == 20 ? 0.5f : 0.f)); });
+  EXPECT_EQ(row_positions(c.layer(0), 0, 0), (std::vector<std::int32_t>{8, 9, 10, 19}));
+
+  // PyramidKV over 3 layers at 50% of 21 tokens (average 10.5): 16, 11, 6 tokens (ratio 0.5).
+  const auto pyr = presets::pyramidkv(0.5, 0.5);
+  CompressedCache<float, presets::PyramidKV> p({"g", 3, 1, 4}, tiny(), {1, false}, {DType::fp32, DType::fp32}, pyr);
+  drive(p, 3, rng, [](int, int, int, int, int pos) { return float(pos % 5); });
+  EXPECT_EQ(p.layer(0).length(0, 0), 16);
+  EXPECT_EQ(p.layer(1).length(0, 0), 11);
+  EXPECT_EQ(p.layer(2).length(0, 0), 6);
+}
+
 TEST(PolicyPresets, PyramidBudgetsFallWithDepthAndAverageTheBudget) {
   const auto sched = schedules::var_256();
   const ModelGeometry geo{"g", 6, 1, 4};
