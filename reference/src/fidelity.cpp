@@ -10,16 +10,6 @@
 #include "varkv/core/error.hpp"
 #include "varkv_reference/image_io.hpp"
 
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-function"
-#pragma GCC diagnostic ignored "-Wsign-compare"
-#pragma GCC diagnostic ignored "-Wconversion"
-#endif
-#include <stb/stb_easy_font.h>
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
 
 
 namespace varkv::ref {
@@ -124,39 +114,18 @@ GenerationFidelity compare_generations(const GenerationResult& reference, const 
 
 namespace {
 
-// Renders `text` in white with stb_easy_font (quads of a ~6 x 12 px bitmap font per character) into
-// a [3, gh, gw] float image at (x, y), scaled by `scale`, clipped to [x, x + max_w).
+// Renders `text` in white into a [3, gh, gw] float image at (x, y), scaled by `scale`, clipped to
+// [x, x + max_w).
 void draw_label(std::vector<float>& image, std::int64_t gw, std::int64_t gh, std::int64_t x, std::int64_t y,
                 std::int64_t max_w, int scale, const std::string& text) {
-  std::vector<char> buf(text.begin(), text.end());
-  buf.push_back('\0');
-  std::vector<char> quads(270 * (text.size() + 1) * 4);
-  const int n = stb_easy_font_print(0, 0, buf.data(), nullptr, quads.data(), static_cast<int>(quads.size()));
-  struct Vertex {
-    float x, y, z;
-    unsigned char color[4];
-  };
-  static_assert(sizeof(Vertex) == 16);
-  for (int q = 0; q < n; ++q) {
-    Vertex v[4];
-    std::memcpy(v, quads.data() + static_cast<std::size_t>(q) * sizeof(v), sizeof(v));
-    float x0 = v[0].x, x1 = v[0].x, y0 = v[0].y, y1 = v[0].y;
-    for (const auto& p : v) {
-      x0 = std::min(x0, p.x), x1 = std::max(x1, p.x);
-      y0 = std::min(y0, p.y), y1 = std::max(y1, p.y);
-    }
-    for (auto py = y + static_cast<std::int64_t>(std::lround(y0 * scale)); py < y + std::lround(y1 * scale); ++py)
-      for (auto px = x + static_cast<std::int64_t>(std::lround(x0 * scale)); px < x + std::lround(x1 * scale); ++px)
+  for (const PixelRect& r : text_rects(text, scale))
+    for (auto py = y + r.y0; py < y + r.y1; ++py)
+      for (auto px = x + r.x0; px < x + r.x1; ++px)
         if (px >= x && px < x + max_w && px >= 0 && px < gw && py >= 0 && py < gh)
           for (int c = 0; c < 3; ++c) image[static_cast<std::size_t>((c * gh + py) * gw + px)] = 1.0f;
-  }
 }
 
-int label_width(const std::string& text) {
-  std::vector<char> buf(text.begin(), text.end());
-  buf.push_back('\0');
-  return stb_easy_font_width(buf.data());
-}
+int label_width(const std::string& text) { return text_width(text); }
 
 }  // namespace
 

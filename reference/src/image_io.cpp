@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "varkv/core/error.hpp"
 
@@ -16,6 +17,18 @@
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_STATIC
 #include <stb/stb_image_write.h>
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wpedantic"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+#include <stb/stb_easy_font.h>
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif
@@ -66,6 +79,35 @@ void write_grid_png(const std::string& path, std::span<const float> pixels, int 
                   grid.begin() + (static_cast<std::ptrdiff_t>(y0 + y) * gw + x0) * 3);
   }
   write(path, gw, gh, grid);
+}
+
+std::vector<PixelRect> text_rects(const std::string& text, int scale) {
+  std::vector<char> buf(text.begin(), text.end());
+  buf.push_back('\0');
+  // stb_easy_font emits 4 vertices of 16 bytes (x, y, z floats + colour) per axis-aligned quad.
+  std::vector<char> quads(270 * (text.size() + 1) * 4 * 16);
+  const int n = stb_easy_font_print(0, 0, buf.data(), nullptr, quads.data(), static_cast<int>(quads.size()));
+  std::vector<PixelRect> rects;
+  rects.reserve(static_cast<std::size_t>(n));
+  for (int q = 0; q < n; ++q) {
+    float xs[4], ys[4];
+    for (int v = 0; v < 4; ++v) {
+      const char* p = quads.data() + (static_cast<std::size_t>(q) * 4 + v) * 16;
+      std::memcpy(&xs[v], p, 4);
+      std::memcpy(&ys[v], p + 4, 4);
+    }
+    rects.push_back({static_cast<int>(std::lround(*std::min_element(xs, xs + 4) * scale)),
+                     static_cast<int>(std::lround(*std::min_element(ys, ys + 4) * scale)),
+                     static_cast<int>(std::lround(*std::max_element(xs, xs + 4) * scale)),
+                     static_cast<int>(std::lround(*std::max_element(ys, ys + 4) * scale))});
+  }
+  return rects;
+}
+
+int text_width(const std::string& text, int scale) {
+  std::vector<char> buf(text.begin(), text.end());
+  buf.push_back('\0');
+  return stb_easy_font_width(buf.data()) * scale;
 }
 
 }  // namespace varkv::ref

@@ -37,6 +37,7 @@
 #include "varkv/policy/registry.hpp"
 #include "varkv_reference/fidelity.hpp"
 #include "varkv_reference/generate.hpp"
+#include "varkv_reference/tool_main.hpp"
 #include "varkv_reference/image_io.hpp"
 #include "varkv_reference/safetensors.hpp"
 #include "varkv_reference/var_model.hpp"
@@ -574,21 +575,6 @@ int main(int argc, char** argv) {
   app.add_option("--out", o.out, "output folder")->capture_default_str();
   app.add_option("--device", o.device, "cpu (cuda: not yet)")->capture_default_str();
   app.add_flag("--quiet", o.quiet, "no progress on stderr");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    fmt::print(stderr, "varkv-generate: error: {}\n", e.what());
-    return 2;
-  }
-  o.policy_given = app.count("--policy") > 0;
-  try {
-    return run(o);
-  } catch (const std::exception& e) {
-    std::string msg = e.what();
-    for (auto& c : msg)
-      if (c == '\n') c = ' ';
-    fmt::print(stderr, "varkv-generate: error: {}\n", msg);
-    return 1;
-  }
+  return varkv::ref::tool_main("varkv-generate", app, argc, argv, [&] { return run(o); },
+                               [&](const CLI::App& a) { o.policy_given = a.count("--policy") > 0; });
 }

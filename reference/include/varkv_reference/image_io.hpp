@@ -26,4 +26,12 @@ void write_png(const std::string& path, std::span<const float> pixels, int B, in
 //! Writes all images in a grid of ceil(sqrt(B)) columns with `padding` black pixels around each.
 void write_grid_png(const std::string& path, std::span<const float> pixels, int B, int H, int W, int padding = 2);
 
+//! A filled pixel rectangle [x0, x1) x [y0, y1).
+struct PixelRect { int x0, y0, x1, y1; };
+//! The rectangles that draw `text` with a small bitmap font (stb_easy_font, ~6 x 12 px per character at
+//! scale 1), magnified by `scale`, with the text's top-left corner at (0, 0). Labels of plots and grids.
+std::vector<PixelRect> text_rects(const std::string& text, int scale = 1);
+//! Width in pixels of `text` drawn by `text_rects` at `scale`.
+int text_width(const std::string& text, int scale = 1);
+
 }  // namespace varkv::ref
