@@ -9,9 +9,13 @@
 // GB/s counts Q, the kept K/V, the new K/V, O and LSE once. The measured device-to-device copy
 // bandwidth (bytes read + written) is printed first; the bf16 tensor-core ceiling is measured by
 // bench/peers/sdpa_peer.py in the same run (torch.matmul 8192^3).
+// step/...: one layer's whole DeviceCompressedCache step (attend + commit: fused attention with the
+// policy's statistic, scoring, budgets, selection/compaction or append, ledger) at VAR-d30 B = 64 x2
+// CFG, scale 16x16, ScaleKV 10% vs the full cache.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -20,8 +24,10 @@
 #include <cuda_bf16.h>
 
 #include <varkv/attention/fused_attention.cuh>
+#include <varkv/cache/device_compressed_cache.cuh>
 #include <varkv/core/model_geometry.hpp>
 #include <varkv/core/scale_schedule.hpp>
+#include <varkv/policy/presets.hpp>
 #include <varkv/selection/topk_compaction.cuh>
 
 using namespace varkv;
@@ -231,6 +237,81 @@ void BM_select_compact(benchmark::State& state, ModelGeometry geo, std::string s
   state.counters["budget"] = budget;
 }
 
+// One layer's whole device-cache step at `scale`: a fresh one-layer DeviceCompressedCache is filled
+// through steps 0..scale-1 by the same attend + commit calls (untimed), then step `scale` is timed
+// with CUDA events around attend and commit (the commit's host work and its one synchronisation
+// included: events see the idle gaps they cause). The step changes the cache, so each of 7 timed
+// repetitions (after one warm-up) builds a new cache; the median is reported. us_wall: host clock
+// around attend + commit.
+template <class Policy>
+void BM_cache_step(benchmark::State& state, ModelGeometry geo, std::string sched_name, int images, int scale,
+                   Policy policy) {
+  const auto sched = schedules::by_name(sched_name);
+  const ModelGeometry layer{geo.name + "-one-layer", 1, geo.heads, geo.head_dim};
+  const BatchShape batch{images, true};
+  const int S = batch.sequences(), H = geo.heads, d = geo.head_dim;
+  const std::size_t max_n = static_cast<std::size_t>(S) * H * sched.tokens(scale) * d;
+  DeviceBuffer<bf16> q(max_n), k(max_n), v(max_n), o(max_n);
+  DeviceBuffer<float> lse(max_n / d);
+  cudaStream_t st;
+  VARKV_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1, e2;
+  for (auto* e : {&e0, &e1, &e2}) VARKV_CUDA_CHECK(cudaEventCreate(e));
+  const float softmax_scale = 1.0f / std::sqrt(static_cast<float>(d));
+  auto run_step = [&](DeviceCompressedCache<Policy>& cache, int step, bool timed, float* att_ms, float* com_ms,
+                      double* wall_us) {
+    const int n = static_cast<int>(sched.tokens(step));
+    const std::size_t elems = static_cast<std::size_t>(S) * H * n * d;
+    random_fill(q.data(), elems, 100 + 3 * step);
+    random_fill(k.data(), elems, 101 + 3 * step);
+    random_fill(v.data(), elems, 102 + 3 * step);
+    VARKV_CUDA_CHECK(cudaDeviceSynchronize());  // the fills ran on the legacy stream
+    const auto qv = make_view<4, const bf16>("q", q.data(), {S, H, n, d});
+    const auto kv = make_view<4, const bf16>("k", k.data(), {S, H, n, d});
+    const auto vv = make_view<4, const bf16>("v", v.data(), {S, H, n, d});
+    const auto t0 = std::chrono::steady_clock::now();
+    if (timed) VARKV_CUDA_CHECK(cudaEventRecord(e0, st));
+    cache.attend(step, 0, qv, kv, vv, softmax_scale, make_view<4>("o", o.data(), {S, H, n, d}),
+                 make_view<3>("lse", lse.data(), {S, H, n}), st);
+    if (timed) VARKV_CUDA_CHECK(cudaEventRecord(e1, st));
+    cache.commit(step, 0, kv, vv, st);
+    if (!timed) return;
+    VARKV_CUDA_CHECK(cudaEventRecord(e2, st));
+    VARKV_CUDA_CHECK(cudaEventSynchronize(e2));
+    *wall_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    VARKV_CUDA_CHECK(cudaEventElapsedTime(att_ms, e0, e1));
+    VARKV_CUDA_CHECK(cudaEventElapsedTime(com_ms, e1, e2));
+  };
+  std::vector<double> total, att, com, wall;
+  std::int64_t kv_bytes = 0, kept = 0;
+  for (auto _ : state) {
+    for (int rep = 0; rep < 8; ++rep) {
+      DeviceCompressedCache<Policy> cache(layer, sched, batch, {DType::bf16, DType::bf16}, policy);
+      for (int step = 0; step < scale; ++step) run_step(cache, step, false, nullptr, nullptr, nullptr);
+      float a = 0, c = 0;
+      double w = 0;
+      run_step(cache, scale, true, &a, &c, &w);
+      if (rep == 0) continue;  // warm-up
+      total.push_back(1e3 * (a + c));
+      att.push_back(1e3 * a);
+      com.push_back(1e3 * c);
+      wall.push_back(w);
+      kv_bytes = cache.kv_bytes();
+      kept = cache.ledger().tokens(scale, 0);
+    }
+    for (auto* x : {&total, &att, &com, &wall}) std::sort(x->begin(), x->end());
+    state.SetIterationTime(total[total.size() / 2] * 1e-6);
+  }
+  for (auto* e : {&e0, &e1, &e2}) VARKV_CUDA_CHECK(cudaEventDestroy(*e));
+  VARKV_CUDA_CHECK(cudaStreamDestroy(st));
+  state.counters["us_median"] = total[total.size() / 2];
+  state.counters["us_attend"] = att[att.size() / 2];
+  state.counters["us_commit"] = com[com.size() / 2];
+  state.counters["us_wall"] = wall[wall.size() / 2];
+  state.counters["kv_MB"] = static_cast<double>(kv_bytes) / 1e6;
+  state.counters["kept_per_row"] = static_cast<double>(kept) / (S * H);
+}
+
 double measure_copy_bandwidth() {
   const std::size_t bytes = std::size_t{2} << 30;
   DeviceBuffer<char> a(bytes), b(bytes);
@@ -299,6 +380,13 @@ void register_all() {
                                  geometries::var_d30(), var, 64, 9, frac)
         ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
   }
+  // A whole device-cache step (attend + commit) of one layer at the last VAR-256 scale.
+  benchmark::RegisterBenchmark("step/var-d30/B64/scale09/full", BM_cache_step<presets::Full>, geometries::var_d30(), var,
+                               64, 9, presets::Full{})
+      ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("step/var-d30/B64/scale09/scalekv-10pct", BM_cache_step<presets::ScaleKV>,
+                               geometries::var_d30(), var, 64, 9, presets::scalekv({0.1}))
+      ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
 }
 
 }  // namespace
