@@ -98,6 +98,14 @@ TEST(PolicyProfile, LoadsBothTablesAndNamesBadFiles) {
   EXPECT_EQ(message(json{{"layers", 0}, {"scales", 1}}, classification::ProfileSource::amskv),
             "classification profile 'p.json': layers (0) and scales (1) must be positive");
   EXPECT_NE(message(json{{"layers", "two"}}, classification::ProfileSource::amskv).find("p.json"), std::string::npos);
+  EXPECT_EQ(message(json{{"layers", 1}, {"scales", 100000}, {"demanding", {true}}}, classification::ProfileSource::amskv),
+            "classification profile 'p.json': layers (1) and scales (100000) must be at most 4096");
+  try {
+    classification::profile_from_text("{\"layers\": 2,", classification::ProfileSource::scalekv, "t.json");
+    ADD_FAILURE() << "expected varkv::Error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("classification profile 't.json': invalid JSON: ", 0), 0u) << e.what();
+  }
   EXPECT_THROW(sk.classify(3, 0), Error);
   EXPECT_THROW(sk.classify(0, 2), Error);
 }
