@@ -123,8 +123,7 @@ class CompressedCache {
 
     const RetentionRanges ranges = policy_.retention.ranges(step, schedule_);
     ranges.validate();
-    BudgetContext bc{step, l, 0, &schedule_, &geometry_, policy_.classification.classify(step, l), 0};
-    for (int o = 0; o < geometry_.layers; ++o) bc.drafters += policy_.classification.classify(step, o) == LayerClass::drafter;
+    BudgetContext bc = budget_context(policy_, step, l, schedule_, geometry_);
     const auto pos = store.positions();
 
     // 2. scores

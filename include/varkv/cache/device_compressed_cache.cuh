@@ -503,9 +503,7 @@ class DeviceCompressedCache {
   }
 
   BudgetContext budget_context(int step, int l) const {
-    BudgetContext bc{step, l, 0, &schedule_, &geometry_, policy_.classification.classify(step, l), 0};
-    for (int o = 0; o < geometry_.layers; ++o) bc.drafters += policy_.classification.classify(step, o) == LayerClass::drafter;
-    return bc;
+    return varkv::budget_context(policy_, step, l, schedule_, geometry_);
   }
 
   // Tokens of [0, prefix) inside the union of the ranges.

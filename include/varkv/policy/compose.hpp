@@ -96,4 +96,15 @@ struct cache_policy {
 template <class... Ps> requires composable<Ps...>
 cache_policy<Ps...> make_policy(const Ps&... ps) { return cache_policy<Ps...>(ps...); }
 
+//! What the budget axis of `policy` sees for (step, layer l), head 0: the layer's class and the number
+//! of drafters among all layers at this step. Every cache type sizes its rows through this, so CPU and
+//! GPU caches agree.
+template <class Policy>
+BudgetContext budget_context(const Policy& policy, int step, int l, const ScaleSchedule& schedule,
+                             const ModelGeometry& geometry) {
+  BudgetContext bc{step, l, 0, &schedule, &geometry, policy.classification.classify(step, l), 0};
+  for (int o = 0; o < geometry.layers; ++o) bc.drafters += policy.classification.classify(step, o) == LayerClass::drafter;
+  return bc;
+}
+
 }  // namespace varkv
