@@ -13,6 +13,13 @@
 // generation of 2 images takes seconds on 2 cores) with a VQ-VAE of --vae-ch base channels.
 // Sampling follows the official autoregressive_infer_cfg; the generator is std::mt19937_64 seeded with
 // --seed (not torch's: sampled tokens differ from the official code's, greedy --top-k 1 does not).
+//
+// --device cuda runs the same model object on the GPU (varkv_reference_cuda, see
+// reference/include/varkv_reference/cuda/var_model_cuda.cuh): bf16 transformer with cuBLASLt GEMMs,
+// the device KV cache of the policy (DeviceCompressedCache; every preset but adakv) and GPU token
+// choice (Philox generator: sampled tokens differ from the CPU path's, greedy ones need not); the
+// quantizer step and the VQ-VAE decoder still run on the host. The ledger then accounts K/V as bf16.
+// Without a GPU, or in a build without CUDA, --device cuda is a one-line error.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -20,6 +27,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -42,6 +50,9 @@
 #include "varkv_reference/safetensors.hpp"
 #include "varkv_reference/var_model.hpp"
 #include "varkv_reference/vqvae.hpp"
+#ifdef VARKV_GENERATE_CUDA
+#include "varkv_reference/cuda/var_model_cuda.cuh"
+#endif
 
 namespace {
 
@@ -109,9 +120,13 @@ struct Setup {
   std::vector<int> labels;
   int B = 0;
   bool random = true;
-  // The CPU path keeps K and V in fp32; the ledger accounts them as such.
+  // The CPU path keeps K and V in fp32; the ledger accounts them as such (--device cuda: bf16).
   varkv::KvDTypes kv_types{varkv::DType::fp32, varkv::DType::fp32};
   varkv::ref::GenerationRequest request;
+  bool cuda = false;  // --device cuda
+#ifdef VARKV_GENERATE_CUDA
+  std::shared_ptr<varkv::ref::VarModelCuda> gpu;  // bound to *var (Setup is never moved after load_models)
+#endif
 };
 
 // What one generation left behind, independent of its cache type.
@@ -165,10 +180,52 @@ RunOutcome generate_through(const Setup& s, Cache& cache, const std::string& spe
   return r;
 }
 
+#ifdef VARKV_GENERATE_CUDA
+// --device cuda: the same request on the GPU backend, through DeviceCompressedCache<policy>.
+RunOutcome run_policy_cuda(const Setup& s, const std::string& spec, const std::string& tag, bool quiet) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  const auto progress = [&](const varkv::ref::ScaleProgress& p) {
+    if (!quiet)
+      fmt::print(stderr, "varkv-generate: {}scale {:>2}/{} ({:>2}x{:<2})  {:7.3f} s  KV {}\n", tag, p.step + 1, p.scales,
+                 p.side, p.side, p.seconds, varkv::format_bytes(p.kv_bytes));
+  };
+  varkv::ref::CudaGenerationOptions options;
+  options.policy = spec;
+  auto g = varkv::ref::generate_cuda(*s.gpu, *s.vae, s.request, options, progress);
+  RunOutcome r;
+  r.spec = spec;
+  r.cache = g.cache;
+  r.result = std::move(g.result);
+  r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  r.ledger.emplace(*g.ledger);
+  if (!quiet)
+    fmt::print(stderr, "varkv-generate: {}decode {:.3f} s (host), quantizer {:.3f} s (host)\n", tag,
+               r.result.decode_seconds, g.quantizer_seconds);
+  return r;
+}
+#endif
+
+// --device cuda: the policy must run on the device cache (errors name the device).
+void validate_policy_cuda(const std::string& spec) {
+#ifdef VARKV_GENERATE_CUDA
+  try {
+    varkv::ref::check_cuda_policy(spec);
+  } catch (const varkv::Error& e) {
+    fail("--device cuda: {}", e.what());
+  }
+#else
+  (void)spec;
+#endif
+}
+
 // Runs the generation through the cache the spec names. `full_as_full_cache`: the full preset runs
 // on varkv::FullCache (the plain baseline) instead of CompressedCache<presets::Full>.
 RunOutcome run_policy(const Setup& s, const std::string& spec, bool full_as_full_cache, const std::string& tag,
                       bool quiet) {
+#ifdef VARKV_GENERATE_CUDA
+  if (s.cuda) return run_policy_cuda(s, spec, tag, quiet);
+#endif
   const varkv::BatchShape batch{s.B, true};
   return varkv::with_policy(spec, [&](auto policy) -> RunOutcome {
     using Policy = decltype(policy);
@@ -185,6 +242,7 @@ RunOutcome run_policy(const Setup& s, const std::string& spec, bool full_as_full
 
 // Builds the policy and its cache once, so that a bad spec fails before any generation runs.
 void validate_policy(const Setup& s, const std::string& spec) {
+  if (s.cuda) validate_policy_cuda(spec);
   varkv::with_policy(spec, [&](auto policy) {
     varkv::CompressedCache<float, decltype(policy)> cache(s.vc.geometry(), s.vc.schedule(), varkv::BatchShape{s.B, true},
                                                           s.kv_types, policy);
@@ -249,6 +307,8 @@ Setup make_setup(const Options& o) {
   s.request.top_k = o.top_k;
   s.request.top_p = o.top_p;
   s.request.seed = o.seed;
+  s.cuda = o.device == "cuda";
+  if (s.cuda) s.kv_types = {varkv::DType::bf16, varkv::DType::bf16};  // the device cache stores bf16
   return s;
 }
 
@@ -260,6 +320,9 @@ void load_models(Setup& s, const Options& o) {
     s.var.emplace(varkv::ref::VarModel::load(varkv::ref::SafetensorsFile::open(o.var_path), s.vc));
     s.vae.emplace(varkv::ref::VqVae::load(varkv::ref::SafetensorsFile::open(o.vae_path), s.qc));
   }
+#ifdef VARKV_GENERATE_CUDA
+  if (s.cuda) s.gpu = std::make_shared<varkv::ref::VarModelCuda>(*s.var);
+#endif
 }
 
 json settings_json(const Setup& s, const Options& o) {
@@ -273,7 +336,7 @@ json settings_json(const Setup& s, const Options& o) {
           {"classes", s.labels},
           {"batch", s.B},
           {"seed", o.seed},
-          {"rng", "std::mt19937_64"},
+          {"rng", s.cuda ? "Philox4x32-10 (curand)" : "std::mt19937_64"},
           {"cfg", o.cfg},
           {"top_k", o.top_k},
           {"top_p", o.top_p},
@@ -532,9 +595,21 @@ int run_compare(const Options& o) {
   return 0;
 }
 
-int run(const Options& o) {
+// --device cuda needs a CUDA build and a usable GPU; both refusals are one line naming the option.
+void check_device(const Options& o) {
   require(o.device == "cpu" || o.device == "cuda", "--device '{}': expected cpu or cuda", o.device);
-  require(o.device == "cpu", "--device cuda: the GPU path is not available in varkv-generate yet; use --device cpu");
+  if (o.device != "cuda") return;
+#ifdef VARKV_GENERATE_CUDA
+  std::string why;
+  require(varkv::ref::cuda_device_available(&why), "--device cuda: no usable CUDA device ({}); use --device cpu", why);
+#else
+  fail("--device cuda: this varkv-generate was built without CUDA (nvcc was not found at configure time); use "
+       "--device cpu");
+#endif
+}
+
+int run(const Options& o) {
+  check_device(o);
   if (o.budget)
     require(std::isfinite(*o.budget) && *o.budget > 0 && *o.budget <= 1, "--budget {}: expected a fraction in (0, 1]",
             *o.budget);
@@ -573,7 +648,10 @@ int main(int argc, char** argv) {
                  "prints a table and writes compare.json and compare.png (instead of the per-image PNGs)")
       ->allow_extra_args(false);
   app.add_option("--out", o.out, "output folder")->capture_default_str();
-  app.add_option("--device", o.device, "cpu (cuda: not yet)")->capture_default_str();
+  app.add_option("--device", o.device,
+                 "cpu or cuda (GPU: bf16 transformer and device KV cache; quantizer and decoder on the host; "
+                 "Philox sampling)")
+      ->capture_default_str();
   app.add_flag("--quiet", o.quiet, "no progress on stderr");
   return varkv::ref::tool_main("varkv-generate", app, argc, argv, [&] { return run(o); },
                                [&](const CLI::App& a) { o.policy_given = a.count("--policy") > 0; });

@@ -305,7 +305,9 @@ TEST(GenerateCli, BadPolicyIsOneLineError) {
   expect_one_line_error(run_tool("--budget 0.5" + out, dir), "--budget");
   expect_one_line_error(run_tool("--budget 1.5 --policy h2o" + out, dir), "--budget 1.5");
   expect_one_line_error(run_tool("--policy snapkv:budget=0.1 --budget 0.2" + out, dir), "both set a budget");
-  expect_one_line_error(run_tool("--device cuda" + out, dir), "--device cuda");
+  // Fails everywhere: without CUDA at build time, without a GPU, and on a GPU (AdaKV is CPU only).
+  expect_one_line_error(run_tool("--device cuda --policy adakv" + out, dir), "--device cuda");
+  expect_one_line_error(run_tool("--device tpu" + out, dir), "--device 'tpu'");
   fs::remove_all(dir);
 }
 

@@ -170,7 +170,8 @@ __global__ void __launch_bounds__(kThreads) score_kernel(const Scorer f, const S
 
 // L2 norm of every candidate key, summed in fp64 in element order with rounded (never fused)
 // operations: the same bits as CompressedCache's host loop.
-__global__ void __launch_bounds__(kThreads) key_norm_kernel(const bf16* keys, const bf16* new_k, std::int64_t nk_s0,
+// static: header-defined, non-template; every including translation unit gets its own copy.
+static __global__ void __launch_bounds__(kThreads) key_norm_kernel(const bf16* keys, const bf16* new_k, std::int64_t nk_s0,
                                                             std::int64_t nk_s1, std::int64_t nk_s2,
                                                             const std::int32_t* lengths, float* norms, int H, int cap,
                                                             int n_new, int d) {
@@ -190,7 +191,7 @@ __global__ void __launch_bounds__(kThreads) key_norm_kernel(const bf16* keys, co
 }
 
 // CFG-shared selection: rows (s, h) and (s + images, h) both rank by the sum of their scores.
-__global__ void __launch_bounds__(kThreads) cfg_share_kernel(float* scores, const std::int32_t* lengths, int H,
+static __global__ void __launch_bounds__(kThreads) cfg_share_kernel(float* scores, const std::int32_t* lengths, int H,
                                                              int images, int cap, int n_new) {
   const int s = blockIdx.x / H, h = blockIdx.x % H;
   const std::int64_t ra = std::int64_t{s} * H + h, rb = std::int64_t{s + images} * H + h, ks = std::int64_t{cap} + n_new;
@@ -210,7 +211,7 @@ struct AppendParams {
 };
 
 // Nothing is dropped this step: the new K/V go after each row's kept slots (no compaction pass).
-__global__ void __launch_bounds__(kThreads) append_kernel(bf16* keys, bf16* values, std::int32_t* positions,
+static __global__ void __launch_bounds__(kThreads) append_kernel(bf16* keys, bf16* values, std::int32_t* positions,
                                                           std::int32_t* lengths, const bf16* new_k, const bf16* new_v,
                                                           const AppendParams p) {
   const int row = blockIdx.x, seq = row / p.H, head = row % p.H;
@@ -232,7 +233,7 @@ __global__ void __launch_bounds__(kThreads) append_kernel(bf16* keys, bf16* valu
 // H2O: after the compaction, slot j of a row holds the token at position pos[j]; its accumulated
 // statistic is next_acc at that token's pre-commit candidate index (a new key: cap + offset; a kept
 // slot: found by binary search in the pre-commit positions, which are increasing).
-__global__ void __launch_bounds__(kThreads) remap_accumulated_kernel(const std::int32_t* positions,
+static __global__ void __launch_bounds__(kThreads) remap_accumulated_kernel(const std::int32_t* positions,
                                                                      const std::int32_t* lengths,
                                                                      const std::int32_t* old_positions,
                                                                      const std::int32_t* old_lengths,
@@ -265,7 +266,7 @@ __global__ void __launch_bounds__(kThreads) remap_accumulated_kernel(const std::
 
 // Tokens per (head, origin scale) summed over sequences, and each row's length. counts has
 // H x (scales + 1) entries; the last of each head counts positions outside the schedule (must be 0).
-__global__ void __launch_bounds__(kThreads) count_kernel(const std::int32_t* positions, const std::int32_t* lengths,
+static __global__ void __launch_bounds__(kThreads) count_kernel(const std::int32_t* positions, const std::int32_t* lengths,
                                                          std::int32_t* out_lengths, std::int32_t* counts,
                                                          const ScaleTable table, int H, int cap) {
   __shared__ int hist[ScaleTable::kMaxScales + 1];

@@ -76,6 +76,16 @@ struct Linear {
 
   //! From an official row-major weight [out, in] and bias [out] (empty: none).
   static Linear from_weight(std::span<const float> weight, int out, int in, std::span<const float> bias);
+  //! The weight unpacked to the official row-major [out, in] layout (for device uploads).
+  std::vector<float> weight() const {
+    std::vector<float> w(static_cast<std::size_t>(out) * static_cast<std::size_t>(in));
+    for (int o = 0; o < out; ++o)
+      for (int i = 0; i < in; ++i)
+        w[static_cast<std::size_t>(o) * in + i] = panels[(static_cast<std::size_t>(o / 8) * in + i) * 8 + o % 8];
+    return w;
+  }
+  //! The bias [out] without the panel padding (zeros when the layer has none).
+  std::span<const float> bias_values() const { return std::span<const float>(bias).first(static_cast<std::size_t>(out)); }
 };
 
 //! y [M, out] = x [M, in] W^T + b (fp32, OpenMP over row and column tiles).
@@ -139,6 +149,10 @@ class VarModel {
 
   //! lvl_embed[scale of t] + pos_1LC[t], t = 0..L-1: [L, C].
   const std::vector<float>& level_position() const { return lvl_pos_; }
+  //! The remaining weights, read-only, for a device backend's upload (reference/src/cuda).
+  const Linear& word_embed() const { return word_embed_; }
+  const Linear& head_ada() const { return head_ada_; }
+  const Linear& head() const { return head_; }
 
  private:
   VarConfig cfg_;
