@@ -293,8 +293,11 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, i
   int idx[kSortItems];
 #pragma unroll
   for (int k = 0; k < kSortItems; ++k) {
-    const int j = tid * kSortItems + k;
-    if (j < V) {
+    // Loaded in reverse index order: the stable descending sort then puts the HIGHER index first among
+    // equal values, which is the CPU's order (ascending stable sort, read from the end), so top-p drops
+    // the same member of a tie as the CPU does.
+    const int j = V - 1 - (tid * kSortItems + k);
+    if (j >= 0) {
       const float g = guide(cond[j], unc[j], a, bt);
       key[k] = isnan(g) ? -INFINITY : g;
       idx[k] = j;
