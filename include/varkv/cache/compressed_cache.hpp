@@ -41,20 +41,14 @@
 
 namespace varkv {
 
-namespace detail {
-template <class P> concept declares_key_norm = requires { requires P::uses_key_norm; };
-template <class P> concept declares_accumulated = requires { requires P::uses_accumulated; };
-template <class P> concept declares_head_split = requires { requires P::head_adaptive_split; };
-}  // namespace detail
-
 template <class T, class Policy>
 class CompressedCache {
   using E = typename Policy::eviction_type;
   using Bud = typename Policy::budget_type;
-  static constexpr bool kKeepsAll = std::is_same_v<E, eviction::none> && std::is_same_v<Bud, budget::unlimited>;
-  static constexpr bool kKeyNorm = detail::declares_key_norm<E>;
-  static constexpr bool kAccumulated = detail::declares_accumulated<E>;
-  static constexpr bool kHeadSplit = detail::declares_head_split<Bud>;
+  static constexpr bool kKeepsAll = policy_traits<Policy>::keeps_all;
+  static constexpr bool kKeyNorm = policy_traits<Policy>::key_norm;
+  static constexpr bool kAccumulated = policy_traits<Policy>::accumulated;
+  static constexpr bool kHeadSplit = policy_traits<Policy>::head_split;
 
  public:
   using policy_type = Policy;

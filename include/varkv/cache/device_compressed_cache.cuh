@@ -304,10 +304,10 @@ class DeviceCompressedCache {
                 "varkv::DeviceCompressedCache: the eviction policy has no device scorer (a nested trivially copyable "
                 "`scorer` and `make_scorer(step, layer, schedule)`, see eviction_concept.hpp); it runs in the CPU "
                 "CompressedCache only");
-  static constexpr bool kKeepsAll = std::is_same_v<E, eviction::none> && std::is_same_v<Bud, budget::unlimited>;
-  static constexpr bool kKeyNorm = detail::declares_key_norm<E>;
-  static constexpr bool kAccumulated = detail::declares_accumulated<E>;
-  static constexpr bool kHeadSplit = detail::declares_head_split<Bud>;
+  static constexpr bool kKeepsAll = policy_traits<Policy>::keeps_all;
+  static constexpr bool kKeyNorm = policy_traits<Policy>::key_norm;
+  static constexpr bool kAccumulated = policy_traits<Policy>::accumulated;
+  static constexpr bool kHeadSplit = policy_traits<Policy>::head_split;
 
  public:
   using policy_type = Policy;

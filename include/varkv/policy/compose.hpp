@@ -107,4 +107,24 @@ BudgetContext budget_context(const Policy& policy, int step, int l, const ScaleS
   return bc;
 }
 
+namespace detail {
+template <class P> concept declares_key_norm = requires { requires P::uses_key_norm; };
+template <class P> concept declares_accumulated = requires { requires P::uses_accumulated; };
+template <class P> concept declares_head_split = requires { requires P::head_adaptive_split; };
+}  // namespace detail
+
+//! What a cache type must provide for a composed policy, decided at compile time (CPU and GPU caches
+//! read the same answers): everything else compiles out.
+template <class Policy>
+struct policy_traits {
+  using eviction_type = typename Policy::eviction_type;
+  using budget_type = typename Policy::budget_type;
+  //! No eviction and no budget: the cache only appends.
+  static constexpr bool keeps_all =
+      std::is_same_v<eviction_type, eviction::none> && std::is_same_v<budget_type, budget::unlimited>;
+  static constexpr bool key_norm = detail::declares_key_norm<eviction_type>;        //!< candidates' key norms
+  static constexpr bool accumulated = detail::declares_accumulated<eviction_type>;  //!< per-slot running statistic
+  static constexpr bool head_split = detail::declares_head_split<budget_type>;      //!< one budget over the heads
+};
+
 }  // namespace varkv
