@@ -31,6 +31,7 @@
 #include "../support/stb_image_reader.hpp"
 
 #include "../support/random.hpp"
+#include "../support/tiny_vae.hpp"
 
 using namespace varkv::ref;
 using varkv::testing::fresh_seed;
@@ -54,14 +55,7 @@ VarConfig tiny_config() {
   return c;
 }
 
-VqVaeConfig tiny_vae_config(const VarConfig& c) {
-  VqVaeConfig q;
-  q.vocab = c.vocab;
-  q.Cvae = c.Cvae;
-  q.ch = 32;
-  q.patch_nums = c.patch_nums;
-  return q;
-}
+using varkv::testing::tiny_vae_config;
 
 fs::path fresh_dir(const std::string& tag) {
   std::mt19937_64 rng(fresh_seed());

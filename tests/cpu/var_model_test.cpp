@@ -23,6 +23,7 @@
 #include <varkv_reference/vqvae.hpp>
 
 #include "../support/random.hpp"
+#include "../support/tiny_vae.hpp"
 
 using namespace varkv::ref;
 using varkv::testing::fresh_seed;
@@ -229,14 +230,7 @@ std::vector<double> naive_forward(const VarConfig& c, const Weights& w, const st
   return logits;
 }
 
-VqVaeConfig tiny_vae_config(const VarConfig& c) {
-  VqVaeConfig q;
-  q.vocab = c.vocab;
-  q.Cvae = c.Cvae;
-  q.ch = 32;
-  q.patch_nums = c.patch_nums;
-  return q;
-}
+using varkv::testing::tiny_vae_config;
 
 // ---- tests ----
 

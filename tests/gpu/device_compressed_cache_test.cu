@@ -40,6 +40,7 @@
 #include <varkv/policy/registry.hpp>
 
 #include "../../examples/custom_policy/last_query_eviction.hpp"
+#include "../support/error_norms.hpp"
 #include "../support/random.hpp"
 
 using namespace varkv;
@@ -71,15 +72,7 @@ std::vector<float> random_bf16_values(std::size_t n, std::mt19937_64& rng) {
   return v;
 }
 
-double rel_fro(const std::vector<float>& got, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    const double e = static_cast<double>(got[i]) - ref[i];
-    num += e * e;
-    den += static_cast<double>(ref[i]) * ref[i];
-  }
-  return std::isnan(num) ? INFINITY : std::sqrt(num / std::max(den, 1e-30));
-}
+using varkv::testing::rel_fro;
 
 // One calibration profile for both tables: ScaleKV drafters (layer 0 at every scale, layer 1 at scales
 // 5..7, layer 2 never) and AMS-KV's demanding layer (layer 0).

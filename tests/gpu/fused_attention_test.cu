@@ -23,6 +23,7 @@
 #include <varkv/attention/reference_attention.hpp>
 #include <varkv/core/scale_schedule.hpp>
 
+#include "../support/error_norms.hpp"
 #include "../support/random.hpp"
 
 using namespace varkv;
@@ -72,15 +73,7 @@ std::vector<std::int32_t> window_observers(int h, int w) {
   return idx;
 }
 
-double rel_fro(const std::vector<float>& got, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    const double e = static_cast<double>(got[i]) - ref[i];
-    num += e * e;
-    den += static_cast<double>(ref[i]) * ref[i];
-  }
-  return std::isnan(num) ? INFINITY : std::sqrt(num / std::max(den, 1e-30));
-}
+using varkv::testing::rel_fro;
 
 struct Errors {
   double o = 0, lse = 0, stat = 0;
