@@ -120,6 +120,30 @@ float trunc_normal(std::mt19937_64& rng, double stddev) {
   }
 }
 
+// Counter-based draws so that a multi-billion-parameter model initialises in parallel and the
+// values do not depend on the thread count: element i of a tensor keyed `key` comes from chunk
+// i / kChunk's own engine, seeded by splitmix64(key + chunk).
+std::uint64_t splitmix64(std::uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+std::vector<float> trunc_normal_tensor(std::uint64_t key, std::size_t n, double stddev, double mul) {
+  constexpr std::size_t kChunk = std::size_t{1} << 16;
+  std::vector<float> v(n);
+  const auto chunks = static_cast<std::int64_t>((n + kChunk - 1) / kChunk);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    std::mt19937_64 rng(splitmix64(key + static_cast<std::uint64_t>(c)));
+    const std::size_t end = std::min(n, (static_cast<std::size_t>(c) + 1) * kChunk);
+    for (std::size_t i = static_cast<std::size_t>(c) * kChunk; i < end; ++i)
+      v[i] = static_cast<float>(trunc_normal(rng, stddev) * mul);
+  }
+  return v;
+}
+
 Linear make_linear(const std::vector<float>& w, int out, int in, std::vector<float> bias) {
   return Linear::from_weight(w, out, in, bias);
 }
@@ -251,11 +275,7 @@ VarModel VarModel::random(VarConfig cfg, std::uint64_t seed) {
   m.cfg_ = cfg;
   const int C = cfg.width, L = static_cast<int>(cfg.total_tokens()), S = cfg.scales();
   const double std_ = std::sqrt(1.0 / C / 3.0);
-  auto fill = [&](std::size_t n, double s, double mul = 1.0) {
-    std::vector<float> v(n);
-    for (auto& x : v) x = static_cast<float>(trunc_normal(rng, s) * mul);
-    return v;
-  };
+  auto fill = [&](std::size_t n, double s, double mul = 1.0) { return trunc_normal_tensor(rng(), n, s, mul); };
   auto linear = [&](int out, int in, bool bias, double mul = 1.0) {
     auto w = fill(static_cast<std::size_t>(out) * in, std_, mul);
     return make_linear(w, out, in, bias ? std::vector<float>(static_cast<std::size_t>(out), 0.0f) : std::vector<float>{});

@@ -472,6 +472,40 @@ std::vector<float> VqVae::idxBl_to_var_input(std::span<const std::int64_t> token
   return out;
 }
 
+namespace {
+
+VqVae::GroupNormView view_of(const GroupNorm& n) { return {n.gamma, n.beta}; }
+
+VqVae::ResnetBlockView view_of(const ResnetBlock& r) {
+  return {view_of(r.norm1), view_of(r.norm2), &r.conv1, &r.conv2, r.nin_shortcut ? &*r.nin_shortcut : nullptr};
+}
+
+VqVae::AttnBlockView view_of(const AttnBlock& a) { return {view_of(a.norm), &a.qkv, &a.proj_out}; }
+
+}  // namespace
+
+VqVae::DecoderView VqVae::decoder_view() const {
+  static_assert(kGroupNormGroups == kGroups && kGroupNormEps == ::varkv::ref::kGroupNormEps);
+  const Decoder& d = *decoder_;
+  DecoderView v;
+  v.conv_in = &d.conv_in;
+  v.mid_block_1 = view_of(d.mid_block_1);
+  v.mid_attn_1 = view_of(d.mid_attn_1);
+  v.mid_block_2 = view_of(d.mid_block_2);
+  for (int level = kLevels - 1; level >= 0; --level) {  // forward order, as Decoder::forward
+    const Decoder::Level& L = d.up[level];
+    DecoderLevelView lv;
+    lv.level = level;
+    for (const auto& b : L.blocks) lv.blocks.push_back(view_of(b));
+    for (const auto& a : L.attn) lv.attn.push_back(view_of(a));
+    lv.upsample = L.upsample ? &*L.upsample : nullptr;
+    v.up.push_back(std::move(lv));
+  }
+  v.norm_out = view_of(d.norm_out);
+  v.conv_out = &d.conv_out;
+  return v;
+}
+
 std::vector<float> VqVae::decode(std::span<const float> f_hat, int B) const {
   require(B > 0, "VQ-VAE: batch {} must be positive", B);
   const int P = cfg_.patch_nums.back(), C = cfg_.Cvae;

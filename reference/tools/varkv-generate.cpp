@@ -17,8 +17,8 @@
 // --device cuda runs the same model object on the GPU (varkv_reference_cuda, see
 // reference/include/varkv_reference/cuda/var_model_cuda.cuh): bf16 transformer with cuBLASLt GEMMs,
 // the device KV cache of the policy (DeviceCompressedCache; every preset but adakv) and GPU token
-// choice (Philox generator: sampled tokens differ from the CPU path's, greedy ones need not); the
-// quantizer step and the VQ-VAE decoder still run on the host. The ledger then accounts K/V as bf16.
+// choice (Philox generator: sampled tokens differ from the CPU path's, greedy ones need not), the
+// quantizer step and the VQ-VAE decoder on the GPU too. The ledger then accounts K/V as bf16.
 // Without a GPU, or in a build without CUDA, --device cuda is a one-line error.
 #include <algorithm>
 #include <chrono>
@@ -200,8 +200,8 @@ RunOutcome run_policy_cuda(const Setup& s, const std::string& spec, const std::s
   r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
   r.ledger.emplace(*g.ledger);
   if (!quiet)
-    fmt::print(stderr, "varkv-generate: {}decode {:.3f} s (host), quantizer {:.3f} s (host)\n", tag,
-               r.result.decode_seconds, g.quantizer_seconds);
+    fmt::print(stderr, "varkv-generate: {}decode {:.3f} s (GPU), device memory at peak {:.2f} GB\n", tag,
+               r.result.decode_seconds, g.device_peak_bytes / 1e9);
   return r;
 }
 #endif
@@ -649,7 +649,7 @@ int main(int argc, char** argv) {
       ->allow_extra_args(false);
   app.add_option("--out", o.out, "output folder")->capture_default_str();
   app.add_option("--device", o.device,
-                 "cpu or cuda (GPU: bf16 transformer and device KV cache; quantizer and decoder on the host; "
+                 "cpu or cuda (GPU: bf16 transformer, device KV cache, quantizer and decoder; "
                  "Philox sampling)")
       ->capture_default_str();
   app.add_flag("--quiet", o.quiet, "no progress on stderr");

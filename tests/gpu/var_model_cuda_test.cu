@@ -255,8 +255,8 @@ const GreedyRuns& greedy_runs(const GoldenModel& g) {
       t0 = std::chrono::steady_clock::now();
       x.free = generate_cuda(gpu, *g.vae, req, {.precision = precision});
       x.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      std::printf("GPU %s generation %.2f s (decode on the host %.2f s, quantizer on the host %.3f s)\n",
-                  precision_name(precision), x.seconds, x.free.result.decode_seconds, x.free.quantizer_seconds);
+      std::printf("GPU %s generation %.2f s (decode on the GPU %.2f s)\n", precision_name(precision), x.seconds,
+                  x.free.result.decode_seconds);
     }
     return r;
   }();
@@ -428,7 +428,11 @@ void check_greedy(const GoldenModel* g, const GreedyRuns& r, const GpuRuns& x, d
       b0 += n;
     }
   }
-  EXPECT_LE(max_abs_diff(x.free.result.f_hat.data(), rebuilt.data(), rebuilt.size()), 1e-6);
+  // The GPU quantizer sums bicubic taps, conv taps and area cells in another order than the host:
+  // fp32 rounding over ~10 accumulations of values up to max|f_hat|.
+  double fmax = 0;
+  for (float v : rebuilt) fmax = std::max(fmax, static_cast<double>(std::abs(v)));
+  EXPECT_LE(max_abs_diff(x.free.result.f_hat.data(), rebuilt.data(), rebuilt.size()), 1e-5 * (1 + fmax));
   ASSERT_EQ(x.free.result.pixels.size(), static_cast<std::size_t>(B) * px);
   int agreeing = 0;
   for (int b = 0; b < B; ++b) {
@@ -714,9 +718,9 @@ TEST(VarModelCudaTiming, RandomVarGeneration) {
       t0 = clock::now();
       const auto r = generate_cuda(gpu, *vae, req, opt);
       const double sec = std::chrono::duration<double>(clock::now() - t0).count();
-      std::printf("VAR-d%d batch %d (%d sequences) %s %s: %.3f s per generation (quantizer on the host %.3f s), peak "
+      std::printf("VAR-d%d batch %d (%d sequences) %s %s: %.3f s per generation (device memory at peak %.2f GB), peak "
                   "KV %.1f MB, K/V allocated %.1f MB; host init %.1f s, upload %.1f s (%.2f GB bf16); per scale:",
-                  depth, batch, 2 * batch, policy.c_str(), precision_name(precision), sec, r.quantizer_seconds,
+                  depth, batch, 2 * batch, policy.c_str(), precision_name(precision), sec, r.device_peak_bytes / 1e9,
                   r.ledger->peak_bytes() / 1e6, r.kv_allocated_bytes / 1e6, init, upload, gpu.weight_bytes() / 1e9);
       for (double s : r.result.scale_seconds) std::printf(" %.4f", s);
       std::printf("\n");

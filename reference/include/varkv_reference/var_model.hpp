@@ -123,7 +123,9 @@ class VarModel {
   //! attn_bias_for_masking and zero_k_bias are accepted. Missing or mis-shaped tensor -> varkv::Error
   //! naming file, tensor, expected and found shape.
   static VarModel load(const SafetensorsFile& f, VarConfig cfg);
-  //! Deterministic random weights (std::mt19937_64 seeded with `seed`) following the official
+  //! Deterministic random weights (each tensor keyed by a draw of std::mt19937_64 seeded with `seed`,
+  //! its values drawn in parallel chunks whose engines are keyed by the chunk: the same for any
+  //! thread count) following the official
   //! `init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)` roughly:
   //! Linear weights trunc_normal(std = sqrt(1 / 3C)), biases 0; embeddings, pos_start, pos_1LC,
   //! lvl_embed trunc_normal(std sqrt(1 / 3C)); head weight x 0.02; proj / fc2 weights divided by

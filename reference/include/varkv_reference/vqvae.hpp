@@ -32,6 +32,7 @@
 //! std::vector<float> images = vae.decode(f_hat, B);  // [B, 3, 256, 256] in [0, 1]
 //! \endcode
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -80,6 +81,59 @@ class VqVae {
   std::int64_t total_tokens() const;
 
   struct Decoder;  // layers, defined in vqvae.cpp
+
+  // ---- Read-only views of the weights, for other backends (the GPU one, cuda/vqvae_cuda.cuh).
+  // They point into this object: valid while it lives and is neither assigned to nor moved from.
+
+  //! GroupNorm(32, eps 1e-6) of the decoder: biased variance, statistics over (C / 32 channels) x H x W.
+  static constexpr int kGroupNormGroups = 32;
+  static constexpr float kGroupNormEps = 1e-6f;
+
+  //! The codebook [vocab, Cvae], row-major.
+  std::span<const float> embedding() const { return embedding_; }
+  //! The phi convs (Cvae -> Cvae, 3x3) in checkpoint order; `phi_index(si)` picks one. Empty when
+  //! |quant_resi| <= 1e-6 (phi = identity).
+  std::span<const Conv2d> phi_convs() const { return phis_; }
+  //! r of phi(x) = (1 - r) x + r conv(x), as the host path rounds it: float(|quant_resi|).
+  float quant_resi_ratio() const { return static_cast<float>(std::abs(cfg_.quant_resi)); }
+  const Conv2d& post_quant_conv() const { return post_quant_conv_; }
+
+  struct GroupNormView {
+    std::span<const float> gamma, beta;  //!< [C] each
+  };
+  //! h = conv1(SiLU(norm1(x))); h = conv2(SiLU(norm2(h))); out = h + (nin_shortcut ? nin_shortcut(x) : x).
+  struct ResnetBlockView {
+    GroupNormView norm1, norm2;
+    const Conv2d* conv1 = nullptr;         //!< 3x3, in -> out
+    const Conv2d* conv2 = nullptr;         //!< 3x3, out -> out
+    const Conv2d* nin_shortcut = nullptr;  //!< 1x1, in -> out; null when in == out
+  };
+  //! Single head over the H W positions: qkv = qkv(norm(x)) (no SiLU) as [q; k; v] channels,
+  //! h = softmax(q^T k / sqrt(C)) applied to v, out = x + proj_out(h).
+  struct AttnBlockView {
+    GroupNormView norm;
+    const Conv2d* qkv = nullptr;       //!< 1x1, C -> 3C
+    const Conv2d* proj_out = nullptr;  //!< 1x1, C -> C
+  };
+  //! One up level: blocks[i], then attn[i] when attn is not empty; then nearest x2 + upsample.
+  struct DecoderLevelView {
+    int level = 0;  //!< official index (decoder.up.<level>)
+    std::vector<ResnetBlockView> blocks;
+    std::vector<AttnBlockView> attn;  //!< empty, or one per block
+    const Conv2d* upsample = nullptr;  //!< 3x3 after nearest x2; null at level 0
+  };
+  //! The decoder in forward order: conv_in, mid (block_1, attn_1, block_2), up levels (official
+  //! level 4 first), SiLU(norm_out), conv_out; `decode` then clamps to [-1, 1] and maps to [0, 1].
+  struct DecoderView {
+    const Conv2d* conv_in = nullptr;
+    ResnetBlockView mid_block_1;
+    AttnBlockView mid_attn_1;
+    ResnetBlockView mid_block_2;
+    std::vector<DecoderLevelView> up;
+    GroupNormView norm_out;
+    const Conv2d* conv_out = nullptr;
+  };
+  DecoderView decoder_view() const;
 
   VqVae(const VqVae&);  // deep copy
   VqVae& operator=(const VqVae&);

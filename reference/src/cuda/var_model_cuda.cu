@@ -1,6 +1,7 @@
 // The reference VAR transformer on the GPU (bf16, fp32 accumulation) and its generation loop; see
 // reference/include/varkv_reference/cuda/var_model_cuda.cuh for what runs where and why.
 #include "varkv_reference/cuda/var_model_cuda.cuh"
+#include "varkv_reference/cuda/vqvae_cuda.cuh"
 
 #include <algorithm>
 #include <array>
@@ -183,6 +184,19 @@ __global__ void embed_next_kernel(const float* emb, const float* bias, const flo
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < total; i += std::int64_t{gridDim.x} * blockDim.x) {
     const std::int64_t c = i % C, t = (i / C) % n, s = i / (std::int64_t{n} * C);
     x[i] = (emb[((s % B) * n + t) * C + c] + bias[c]) + lvl_pos[(begin + t) * C + c];
+  }
+}
+
+// Records scale `begin..begin+n`'s choice into the [B, L] token / gap history; under teacher forcing
+// the forced tokens replace the chosen ones in the step buffer too (the quantizer reads it next).
+__global__ void record_scale_kernel(std::int32_t* step_tokens, const float* step_gaps, const std::int32_t* forced,
+                                    std::int32_t* tokens, float* gaps, int B, int n, std::int64_t L, std::int64_t begin) {
+  const std::int64_t total = std::int64_t{B} * n;
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < total; i += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t dst = (i / n) * L + begin + i % n;
+    if (forced) step_tokens[i] = forced[dst];
+    tokens[dst] = step_tokens[i];
+    gaps[dst] = step_gaps[i];
   }
 }
 
@@ -774,40 +788,63 @@ std::int64_t VarModelCuda::gemm_fallbacks() const { return impl_->gemm.fallbacks
 namespace {
 
 // Activations of one generation, sized for the largest scale.
+// Scratch of one generation. qkv (fp32, qkv GEMM -> q/k norm), a (bf16, fc1 -> fc2), logits (fp32,
+// head -> token choice) and emb (fp32, word embedding -> next input) are never alive at the same
+// time: they share one buffer. h_lo (LayerNorm -> the GEMM that reads it) and o (attention -> proj)
+// alternate too and share the o buffer. This keeps VAR-d30 at 1024 images (x2 CFG) inside an 80 GB
+// GPU beside a 10% cache.
 struct Workspace {
   Workspace(const VarConfig& cfg, int B, bool split) {
     const int N = 2 * B, C = cfg.width, D = cfg.depth, H = cfg.heads;
     const std::int64_t n_max = std::int64_t{cfg.patch_nums.back()} * cfg.patch_nums.back();
     const auto rows = static_cast<std::size_t>(N * n_max);
+    const std::size_t qkv_bytes = rows * 3 * C * sizeof(float);
+    const std::size_t a_bytes = rows * static_cast<std::size_t>(cfg.hidden()) * sizeof(bf16);
+    const std::size_t logits_bytes = rows * static_cast<std::size_t>(cfg.vocab) * sizeof(float);
+    const std::size_t emb_bytes = static_cast<std::size_t>(B * n_max) * C * sizeof(float);
+    shared = DeviceBuffer<float>((std::max({qkv_bytes, a_bytes, logits_bytes, emb_bytes}) + sizeof(float) - 1) /
+                                 sizeof(float));
+    qkv = shared.data();
+    logits = shared.data();
+    emb = shared.data();
+    a = reinterpret_cast<bf16*>(shared.data());
     x = DeviceBuffer<float>(rows * C);
     y = DeviceBuffer<float>(rows * C);
-    qkv = DeviceBuffer<float>(rows * 3 * C);
-    logits = DeviceBuffer<float>(rows * static_cast<std::size_t>(cfg.vocab));
     lse = DeviceBuffer<float>(static_cast<std::size_t>(N) * H * n_max);
     params = DeviceBuffer<float>(static_cast<std::size_t>(N) * (6LL * D + 2) * C);
     cond = DeviceBuffer<float>(static_cast<std::size_t>(N) * C);
-    emb = DeviceBuffer<float>(static_cast<std::size_t>(B * n_max) * C);
     in = DeviceBuffer<float>(static_cast<std::size_t>(B * n_max) * cfg.Cvae);
     h = DeviceBuffer<bf16>(rows * C);
-    h_lo = DeviceBuffer<bf16>(rows * C);
     act_lo = DeviceBuffer<bf16>(static_cast<std::size_t>(N) * C);
     q = DeviceBuffer<bf16>(rows * C);
     k = DeviceBuffer<bf16>(rows * C);
     v = DeviceBuffer<bf16>(rows * C);
     o = DeviceBuffer<bf16>(rows * C);
-    a = DeviceBuffer<bf16>(rows * static_cast<std::size_t>(cfg.hidden()));
+    h_lo = o.data();
     if (split) {
       a_lo = DeviceBuffer<bf16>(rows * static_cast<std::size_t>(cfg.hidden()));
       f = DeviceBuffer<float>(rows * static_cast<std::size_t>(cfg.hidden()));
     }
     act = DeviceBuffer<bf16>(static_cast<std::size_t>(N) * C);
-    tokens = DeviceBuffer<std::int32_t>(static_cast<std::size_t>(B * n_max));
-    gaps = DeviceBuffer<float>(static_cast<std::size_t>(B * n_max));
+    const std::int64_t L = cfg.total_tokens();
+    tokens = DeviceBuffer<std::int32_t>(static_cast<std::size_t>(B * L));
+    gaps = DeviceBuffer<float>(static_cast<std::size_t>(B * L));
+    step_tokens = DeviceBuffer<std::int32_t>(static_cast<std::size_t>(B * n_max));
+    step_gaps = DeviceBuffer<float>(static_cast<std::size_t>(B * n_max));
+    const int P = cfg.patch_nums.back();
+    f_hat = DeviceBuffer<float>(static_cast<std::size_t>(B) * cfg.Cvae * P * P);
   }
-  DeviceBuffer<float> x, y, qkv, logits, lse, params, cond, emb, in, f;
-  DeviceBuffer<bf16> h, h_lo, q, k, v, o, a, a_lo, act, act_lo;
-  DeviceBuffer<std::int32_t> tokens;
-  DeviceBuffer<float> gaps;
+  DeviceBuffer<float> shared;  // qkv | a | logits | emb
+  float* qkv = nullptr;
+  float* logits = nullptr;
+  float* emb = nullptr;
+  bf16* a = nullptr;
+  bf16* h_lo = nullptr;  // = o
+  DeviceBuffer<float> x, y, lse, params, cond, in, f, f_hat;
+  DeviceBuffer<bf16> h, q, k, v, o, a_lo, act, act_lo;
+  DeviceBuffer<std::int32_t> tokens, step_tokens;  // [B, L] (every scale's choice, downloaded at the end), [B, n_max]
+  DeviceBuffer<float> gaps, step_gaps;              // same
+  DeviceBuffer<std::int32_t> forced;                // [B, L] under teacher forcing
 };
 
 enum Chunk { kGamma1 = 0, kGamma2, kScale1, kScale2, kShift1, kShift2 };
@@ -844,20 +881,20 @@ void run_scale(VarModelCuda::Impl& m, Workspace& w, CudaCacheBackend& cache, int
   const auto o = make_view<4>("attention out", w.o.data(), shape, {std::int64_t{n} * C, d, C, 1}, cap);
   const auto lse = make_view<3>("lse", w.lse.data(), {N, H, n}, static_cast<std::int64_t>(w.lse.size()));
 
-  bf16* h_lo = split ? w.h_lo.data() : nullptr;
+  bf16* h_lo = split ? w.h_lo : nullptr;
   launch_ln(w.x.data(), nullptr, nullptr, chunk(0, kScale1), chunk(0, kShift1), ps, w.h.data(), rows, n, C, eps, s, h_lo);
   for (int l = 0; l < D; ++l) {
     const DevBlock& b = m.blocks[static_cast<std::size_t>(l)];
-    g.linear(w.h.data(), rows, b.qkv.w.data(), 3 * C, C, b.qkv.b.data(), b.qkv.b.data(), w.qkv.data(), CUDA_R_32F,
+    g.linear(w.h.data(), rows, b.qkv.w.data(), 3 * C, C, b.qkv.b.data(), b.qkv.b.data(), w.qkv, CUDA_R_32F,
              Epilogue::bias);
-    if (split) g.accumulate(h_lo, rows, b.qkv.w.data(), 3 * C, C, w.qkv.data());
+    if (split) g.accumulate(h_lo, rows, b.qkv.w.data(), 3 * C, C, w.qkv);
     const std::int64_t warps = rows * H;
     const unsigned blocks = static_cast<unsigned>((warps * 32 + kThreads - 1) / kThreads);
     if (d == 64)
-      qk_norm_kernel<2><<<blocks, kThreads, 0, s>>>(w.qkv.data(), m.q_scale.data() + std::int64_t{l} * H, w.q.data(),
+      qk_norm_kernel<2><<<blocks, kThreads, 0, s>>>(w.qkv, m.q_scale.data() + std::int64_t{l} * H, w.q.data(),
                                                     w.k.data(), w.v.data(), rows, n, H, C);
     else
-      qk_norm_kernel<4><<<blocks, kThreads, 0, s>>>(w.qkv.data(), m.q_scale.data() + std::int64_t{l} * H, w.q.data(),
+      qk_norm_kernel<4><<<blocks, kThreads, 0, s>>>(w.qkv, m.q_scale.data() + std::int64_t{l} * H, w.q.data(),
                                                     w.k.data(), w.v.data(), rows, n, H, C);
     VARKV_CUDA_CHECK_LAUNCH("qk_norm_kernel");
     cache.attend_commit(si, l, q, k, v, o, lse, s);
@@ -871,26 +908,26 @@ void run_scale(VarModelCuda::Impl& m, Workspace& w, CudaCacheBackend& cache, int
       g.linear(w.h.data(), rows, b.fc1.w.data(), hid, C, b.fc1.b.data(), b.fc1.b.data(), w.f.data(), CUDA_R_32F,
                Epilogue::bias);
       g.accumulate(h_lo, rows, b.fc1.w.data(), hid, C, w.f.data());
-      gelu_split_kernel<<<grid_for(total), kThreads, 0, s>>>(w.f.data(), w.a.data(), w.a_lo.data(), total);
+      gelu_split_kernel<<<grid_for(total), kThreads, 0, s>>>(w.f.data(), w.a, w.a_lo.data(), total);
       VARKV_CUDA_CHECK_LAUNCH("gelu_split_kernel");
     } else if (m.gelu_epilogue) {
-      g.linear(w.h.data(), rows, b.fc1.w.data(), hid, C, b.fc1.b16.data(), b.fc1.b.data(), w.a.data(), CUDA_R_16BF,
+      g.linear(w.h.data(), rows, b.fc1.w.data(), hid, C, b.fc1.b16.data(), b.fc1.b.data(), w.a, CUDA_R_16BF,
                Epilogue::gelu_bias);
     } else {
-      g.linear_gelu_unfused(w.h.data(), rows, b.fc1.w.data(), hid, C, b.fc1.b.data(), w.a.data());
+      g.linear_gelu_unfused(w.h.data(), rows, b.fc1.w.data(), hid, C, b.fc1.b.data(), w.a);
     }
-    g.linear(w.a.data(), rows, b.fc2.w.data(), C, hid, b.fc2.b.data(), b.fc2.b.data(), w.y.data(), CUDA_R_32F,
+    g.linear(w.a, rows, b.fc2.w.data(), C, hid, b.fc2.b.data(), b.fc2.b.data(), w.y.data(), CUDA_R_32F,
              Epilogue::bias);
     if (split) g.accumulate(w.a_lo.data(), rows, b.fc2.w.data(), C, hid, w.y.data());
     const bool last = l + 1 == D;
     launch_ln(w.x.data(), w.y.data(), chunk(l, kGamma2), last ? chunk(D, 0) : chunk(l + 1, kScale1),
               last ? chunk(D, 1) : chunk(l + 1, kShift1), ps, w.h.data(), rows, n, C, eps, s,
-              last ? w.h_lo.data() : h_lo);
+              last ? w.h_lo : h_lo);
   }
   // The head reads its input as hi + lo (two GEMMs; ~0.3% of VAR-d30's FLOPs): see the file comment.
-  g.linear(w.h.data(), rows, m.head.w.data(), cfg.vocab, C, m.head.b.data(), m.head.b.data(), w.logits.data(),
+  g.linear(w.h.data(), rows, m.head.w.data(), cfg.vocab, C, m.head.b.data(), m.head.b.data(), w.logits,
            CUDA_R_32F, Epilogue::bias);
-  g.accumulate(w.h_lo.data(), rows, m.head.w.data(), cfg.vocab, C, w.logits.data());
+  g.accumulate(w.h_lo, rows, m.head.w.data(), cfg.vocab, C, w.logits);
 }
 
 }  // namespace
@@ -898,11 +935,44 @@ void run_scale(VarModelCuda::Impl& m, Workspace& w, CudaCacheBackend& cache, int
 // ---------------------------------------------------------------------------------------------
 // Generation
 
+namespace {
+
+// Device memory in use by the whole process (weights, context, caches): total - free.
+std::int64_t device_bytes_in_use() {
+  std::size_t free = 0, total = 0;
+  VARKV_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return static_cast<std::int64_t>(total - free);
+}
+
+bool is_out_of_memory(const varkv::Error& e) {
+  const std::string_view what = e.what();
+  return what.find("out of memory") != std::string_view::npos || what.find("cudaErrorMemoryAllocation") != std::string_view::npos;
+}
+
+void check_forced(const VarConfig& cfg, int B, const CudaGenerationOptions& options) {
+  const std::int64_t L = cfg.total_tokens();
+  require(static_cast<std::int64_t>(options.forced_tokens.size()) == std::int64_t{B} * L,
+          "GPU generation: forced_tokens has {} values, expected [{}, {}] (images x tokens)", options.forced_tokens.size(),
+          B, L);
+  for (std::size_t i = 0; i < options.forced_tokens.size(); ++i)
+    require(options.forced_tokens[i] >= 0 && options.forced_tokens[i] < cfg.vocab,
+            "GPU generation: forced_tokens[{}] = {} is outside 0..{}", i, options.forced_tokens[i], cfg.vocab - 1);
+}
+
+}  // namespace
+
 CudaGenerationResult generate_cuda(const VarModelCuda& model, const VqVae& vae, const GenerationRequest& req,
+                                   const CudaGenerationOptions& options, const ProgressFn& progress) {
+  const VqVaeCuda vae_cuda(vae);
+  return generate_cuda(model, vae_cuda, req, options, progress);
+}
+
+CudaGenerationResult generate_cuda(const VarModelCuda& model, const VqVaeCuda& vae_cuda, const GenerationRequest& req,
                                    const CudaGenerationOptions& options, const ProgressFn& progress) {
   using clock = std::chrono::steady_clock;
   VarModelCuda::Impl& m = model.impl();
   const VarModel& var = *m.host;
+  const VqVae& vae = vae_cuda.host();
   detail::validate_request(var, vae, req);
   const VarConfig& cfg = m.cfg;
   const int B = static_cast<int>(req.labels.size()), N = 2 * B, S = cfg.scales(), V = cfg.vocab, C = cfg.width;
@@ -910,29 +980,29 @@ CudaGenerationResult generate_cuda(const VarModelCuda& model, const VqVae& vae, 
   const int P = cfg.patch_nums.back();
   const bool forced = !options.forced_tokens.empty();
   if (forced) {
-    require(static_cast<std::int64_t>(options.forced_tokens.size()) == std::int64_t{B} * L,
-            "GPU generation: forced_tokens has {} values, expected [{}, {}] (images x tokens)",
-            options.forced_tokens.size(), B, L);
-    for (std::size_t i = 0; i < options.forced_tokens.size(); ++i)
-      require(options.forced_tokens[i] >= 0 && options.forced_tokens[i] < V,
-              "GPU generation: forced_tokens[{}] = {} is outside 0..{}", i, options.forced_tokens[i], V - 1);
+    check_forced(cfg, B, options);
   } else {
     require(req.top_k == 1 || V <= kMaxSampleVocab,
             "GPU generation: sampling (top_k {}) supports vocab <= {}, the model has {}; use top_k 1 (greedy)",
             req.top_k, kMaxSampleVocab, V);
   }
+  const std::int64_t bytes_at_entry = device_bytes_in_use();
   auto cache = make_cuda_cache(options.policy, cfg.geometry(), cfg.schedule(), BatchShape{B, true});
 
   Stream stream;
   m.gemm.set_stream(stream);
   const bool split = options.precision == CudaPrecision::split_bf16;
   Workspace w(cfg, B, split);
+  if (forced) {
+    w.forced = DeviceBuffer<std::int32_t>(options.forced_tokens.size());
+    upload_async(w.forced.data(), options.forced_tokens.data(), options.forced_tokens.size(), stream);
+  }
+  VARKV_CUDA_CHECK(cudaMemsetAsync(w.f_hat.data(), 0, w.f_hat.bytes(), stream));
 
   CudaGenerationResult out;
   GenerationResult& r = out.result;
   r.images = B;
-  r.tokens.assign(static_cast<std::size_t>(B * L), -1);
-  r.f_hat.assign(static_cast<std::size_t>(B) * cfg.Cvae * P * P, 0.0f);
+  out.device_peak_bytes = device_bytes_in_use();
 
   // Conditioning: class embeddings (null class for CFG), SiLU, one GEMM for all AdaLN parameters.
   std::vector<int> labels(req.labels);
@@ -949,71 +1019,112 @@ CudaGenerationResult generate_cuda(const VarModelCuda& model, const VqVae& vae, 
   upload_async(w.x.data(), first.data(), first.size(), stream);
 
   std::int64_t begin = 0;
-  std::vector<std::int32_t> tokens;
-  std::vector<float> gaps;
   for (int si = 0; si < S; ++si) {
     const auto t0 = clock::now();
     const int pn = cfg.patch_nums[si], n = pn * pn;
     run_scale(m, w, *cache, si, N, split, stream);
     if (options.keep_logits) {
       std::vector<float> lg(static_cast<std::size_t>(N) * n * V);
-      download_async(lg.data(), w.logits.data(), lg.size(), stream);
+      download_async(lg.data(), w.logits, lg.size(), stream);
       out.logits.push_back(std::move(lg));
     }
     // As Python evaluates it: ratio = si / (S - 1), then t = cfg * ratio.
     const double ratio = S > 1 ? static_cast<double>(si) / (S - 1) : 0.0;
     const double t = req.cfg * ratio;
-    launch_choose(w.logits.data(), B, n, V, t, forced ? 1 : req.top_k, req.top_p, req.seed, begin, L, w.tokens.data(),
-                  w.gaps.data(), stream);
-    tokens.resize(static_cast<std::size_t>(B) * n);
-    gaps.resize(tokens.size());
-    download_async(tokens.data(), w.tokens.data(), tokens.size(), stream);
-    download_async(gaps.data(), w.gaps.data(), gaps.size(), stream);
-    VARKV_CUDA_CHECK(cudaStreamSynchronize(stream));
-    float gap = std::numeric_limits<float>::infinity();
-    for (float x : gaps) gap = std::min(gap, x);
-    r.min_gap_per_scale.push_back(gap);
-    for (int b = 0; b < B; ++b)
-      for (int i = 0; i < n; ++i) {
-        const std::size_t dst = static_cast<std::size_t>(b) * L + begin + i;
-        if (forced) tokens[static_cast<std::size_t>(b) * n + i] = options.forced_tokens[dst];
-        r.tokens[dst] = tokens[static_cast<std::size_t>(b) * n + i];
-      }
+    launch_choose(w.logits, B, n, V, t, forced ? 1 : req.top_k, req.top_p, req.seed, begin, L, w.step_tokens.data(),
+                  w.step_gaps.data(), stream);
+    record_scale_kernel<<<grid_for(std::int64_t{B} * n), kThreads, 0, stream>>>(
+        w.step_tokens.data(), w.step_gaps.data(), forced ? w.forced.data() : nullptr, w.tokens.data(), w.gaps.data(), B,
+        n, L, begin);
+    VARKV_CUDA_CHECK_LAUNCH("record_scale_kernel");
 
-    // Host seam: the quantizer's f_hat update and the next scale's input (see the header).
-    const auto tq = clock::now();
-    const auto next = vae.next_autoregressive_input(si, r.f_hat, B, tokens);
-    out.quantizer_seconds += std::chrono::duration<double>(clock::now() - tq).count();
-    if (si + 1 < S) {
+    // The quantizer's f_hat update and the next scale's input, on the device.
+    const bool last = si + 1 == S;
+    vae_cuda.next_autoregressive_input(si, w.f_hat.data(), B, w.step_tokens.data(), last ? nullptr : w.in.data(),
+                                       static_cast<void*>(stream));
+    if (!last) {
       const int pn1 = cfg.patch_nums[si + 1], n1 = pn1 * pn1;
-      require(static_cast<std::int64_t>(next.size()) == std::int64_t{B} * n1 * cfg.Cvae,
-              "GPU generation: quantizer input of scale {} has {} values, expected [{}, {}, {}]", si + 1, next.size(), B,
-              n1, cfg.Cvae);
-      upload_async(w.in.data(), next.data(), next.size(), stream);
-      m.gemm.linear_f32(w.in.data(), std::int64_t{B} * n1, m.word_w.data(), C, cfg.Cvae, w.emb.data());
+      m.gemm.linear_f32(w.in.data(), std::int64_t{B} * n1, m.word_w.data(), C, cfg.Cvae, w.emb);
       const std::int64_t total = 2LL * B * n1 * C;
-      embed_next_kernel<<<grid_for(total), kThreads, 0, stream>>>(w.emb.data(), m.word_b.data(), m.lvl_pos.data(),
+      embed_next_kernel<<<grid_for(total), kThreads, 0, stream>>>(w.emb, m.word_b.data(), m.lvl_pos.data(),
                                                                   w.x.data(), B, n1, C, begin + n);
       VARKV_CUDA_CHECK_LAUNCH("embed_next_kernel");
-      VARKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // `next` is pageable host memory
     }
+    // One synchronisation per scale: the time per scale is wall time of finished device work.
+    VARKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    out.device_peak_bytes = std::max(out.device_peak_bytes, device_bytes_in_use());
     begin += n;
     const double sec = std::chrono::duration<double>(clock::now() - t0).count();
     r.scale_seconds.push_back(sec);
     if (progress) progress({si, S, pn, sec, cache->ledger().bytes(si)});
   }
-  VARKV_CUDA_CHECK(cudaStreamSynchronize(stream));
   m.gemm.set_stream(nullptr);
   out.ledger.emplace(cache->ledger());
   out.cache = cache->name();
   out.kv_allocated_bytes = cache->kv_bytes();
+
+  // Tokens, gaps and f_hat come down once.
+  r.tokens.resize(static_cast<std::size_t>(B * L));
+  std::vector<float> gaps(static_cast<std::size_t>(B * L));
+  r.f_hat.resize(static_cast<std::size_t>(B) * cfg.Cvae * P * P);
+  download_async(r.tokens.data(), w.tokens.data(), r.tokens.size(), stream);
+  download_async(gaps.data(), w.gaps.data(), gaps.size(), stream);
+  download_async(r.f_hat.data(), w.f_hat.data(), r.f_hat.size(), stream);
+  VARKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+  begin = 0;
+  for (int si = 0; si < S; ++si) {
+    const int n = cfg.patch_nums[si] * cfg.patch_nums[si];
+    float gap = std::numeric_limits<float>::infinity();
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < n; ++i) gap = std::min(gap, gaps[static_cast<std::size_t>(b) * L + begin + i]);
+    r.min_gap_per_scale.push_back(gap);
+    begin += n;
+  }
+
   if (req.decode) {
     const auto t0 = clock::now();
-    r.pixels = vae.decode(r.f_hat, B);
-    r.image_side = 16 * P;
+    const int side = 16 * P;
+    DeviceBuffer<float> images(static_cast<std::size_t>(B) * 3 * side * side);
+    vae_cuda.decode(w.f_hat.data(), B, images.data(), static_cast<void*>(stream));
+    VARKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    out.device_peak_bytes = std::max(out.device_peak_bytes, device_bytes_in_use());
     r.decode_seconds = std::chrono::duration<double>(clock::now() - t0).count();
+    r.image_side = side;
+    if (options.download_pixels) {
+      r.pixels.resize(images.size());
+      download_async(r.pixels.data(), images.data(), images.size(), stream);
+      VARKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
   }
+  out.device_generation_bytes = out.device_peak_bytes - bytes_at_entry;
   return out;
+}
+
+CudaFitProbe probe_cuda_generation(const VarModelCuda& model, int B, const CudaGenerationOptions& options) {
+  require(B > 0, "GPU generation probe: batch {} must be positive", B);
+  const VarConfig& cfg = model.config();
+  check_cuda_policy(options.policy);
+  CudaFitProbe p;
+  const std::int64_t before = device_bytes_in_use();
+  try {
+    auto cache = make_cuda_cache(options.policy, cfg.geometry(), cfg.schedule(), BatchShape{B, true});
+    Workspace w(cfg, B, options.precision == CudaPrecision::split_bf16);
+    // The decoder's output, plus headroom for its scratch (it decodes in chunks sized from free
+    // memory; one 256-px image needs ~0.4 GB) and cuBLAS workspaces.
+    const int side = 16 * cfg.patch_nums.back();
+    DeviceBuffer<float> images(static_cast<std::size_t>(B) * 3 * side * side);
+    constexpr std::size_t kHeadroom = std::size_t{1} << 30;
+    DeviceBuffer<char> headroom(kHeadroom);
+    p.bytes = device_bytes_in_use() - before;
+    p.kv_bytes = cache->kv_bytes();
+    p.fits = true;
+  } catch (const varkv::Error& e) {
+    if (!is_out_of_memory(e)) throw;
+    cudaGetLastError();  // an allocation failure is not sticky; clear it for the next call
+    p.fits = false;
+    p.why = e.what();
+  }
+  return p;
 }
 
 CudaTokenChoice choose_tokens_cuda(std::span<const float> logits, int B, int n, int V, double t, int top_k,

@@ -54,13 +54,15 @@
 //! path's std::mt19937_64 draws (nor torch's); greedy decoding can. Sampling needs vocab <= 4096 (one
 //! CTA sorts a row); greedy has no limit.
 //!
-//! \par What runs on the host (interim seams)
-//! - The quantizer step (`VqVae::next_autoregressive_input`: embedding lookup, bicubic upsampling,
-//!   phi convs, f_hat update, area downsampling) runs on the HOST per scale: the chosen tokens
-//!   (B n int32) come down, the next scale's input [B, n', Cvae] goes up and is word-embedded on the
-//!   GPU. VqVae keeps its quantizer weights private; a later session moves this step to the GPU.
-//! - The VQ-VAE decoder runs on the host (`VqVae::decode` of the downloaded f_hat).
-//! - Class embedding rows and scale 0's token map (a few KB) are built on the host and uploaded.
+//! \par Quantizer, decoder and memory
+//! The quantizer step (embedding lookup, bicubic upsampling, phi convs, f_hat update, area
+//! downsampling) and the VQ-VAE decoder run on the device through `VqVaeCuda` (vqvae_cuda.cuh); the
+//! chosen tokens stay on the device and come down once, with f_hat, at the end. Only class
+//! embedding rows and scale 0's token map (a few KB) are built on the host. The scratch of one
+//! generation shares one buffer between the qkv projection (fp32), the MLP's hidden activations and
+//! the logits (never alive together): VAR-d30 needs ~31 MB per image of scratch beside its cache.
+//! `probe_cuda_generation` allocates a generation's cache and scratch without running it: the
+//! largest batch that fits is found with it.
 //!
 //! \par Errors
 //! Every bad argument (labels, cfg, top-k/p, forced tokens, policy, head_dim, vocab for sampling)
@@ -89,6 +91,7 @@
 
 #include "varkv/core/kv_ledger.hpp"
 #include "varkv_reference/generate.hpp"
+#include "varkv_reference/cuda/vqvae_cuda.cuh"
 #include "varkv_reference/var_model.hpp"
 #include "varkv_reference/vqvae.hpp"
 
@@ -143,6 +146,7 @@ struct CudaGenerationOptions {
   //! and cache still come from the model); each must be in 0..vocab-1.
   std::vector<std::int32_t> forced_tokens;
   bool keep_logits = false;  //!< download each scale's raw (unguided) logits [2B, n, vocab]
+  bool download_pixels = true;  //!< with req.decode: bring the images to the host (else decode only)
 };
 
 struct CudaGenerationResult {
@@ -151,13 +155,31 @@ struct CudaGenerationResult {
   std::string cache;               //!< e.g. "DeviceCompressedCache<full>"
   std::int64_t kv_allocated_bytes = 0;  //!< K/V storage the device cache allocated
   std::vector<std::vector<float>> logits;  //!< keep_logits: per scale [2B, n, vocab] fp32
-  double quantizer_seconds = 0;  //!< host quantizer seam, summed over scales
+  //! Device memory in use by the whole process at the generation's peak (cudaMemGetInfo after each
+  //! scale and after the decode: weights, CUDA context, cache, scratch), and its growth during the call.
+  std::int64_t device_peak_bytes = 0;
+  std::int64_t device_generation_bytes = 0;
 };
 
 //! The official autoregressive_infer_cfg on the GPU (see the file comment); `req` as for the CPU
 //! `generate` (greedy when top_k == 1).
+CudaGenerationResult generate_cuda(const VarModelCuda& var, const VqVaeCuda& vae, const GenerationRequest& req,
+                                   const CudaGenerationOptions& options = {}, const ProgressFn& progress = {});
+//! Same, uploading `vae` for this call (a `VqVaeCuda` with the default decoder precision).
 CudaGenerationResult generate_cuda(const VarModelCuda& var, const VqVae& vae, const GenerationRequest& req,
                                    const CudaGenerationOptions& options = {}, const ProgressFn& progress = {});
+
+//! Whether a generation of B images with `options` (policy, precision) fits on the device now: the
+//! cache, the scratch, the decoder's output and 1 GiB of headroom (decoder chunk scratch, cuBLAS
+//! workspaces) are allocated and released again. An allocation
+//! failure gives fits = false and its message; other errors throw.
+struct CudaFitProbe {
+  bool fits = false;
+  std::int64_t bytes = 0;     //!< device bytes the allocations took (when they fit)
+  std::int64_t kv_bytes = 0;  //!< of which the K/V storage of the cache
+  std::string why;            //!< the allocation error when they do not fit
+};
+CudaFitProbe probe_cuda_generation(const VarModelCuda& var, int B, const CudaGenerationOptions& options = {});
 
 //! The GPU token choice on host logits (test hook of the kernel `generate_cuda` uses): logits
 //! [2B, n, V] (conditional rows first), guidance t; `first_position` is the scale's first token position
