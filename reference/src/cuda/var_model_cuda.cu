@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -790,8 +791,9 @@ namespace {
 // Activations of one generation, sized for the largest scale.
 // Scratch of one generation. qkv (fp32, qkv GEMM -> q/k norm), a (bf16, fc1 -> fc2), logits (fp32,
 // head -> token choice) and emb (fp32, word embedding -> next input) are never alive at the same
-// time: they share one buffer. h_lo (LayerNorm -> the GEMM that reads it) and o (attention -> proj)
-// alternate too and share the o buffer. This keeps VAR-d30 at 1024 images (x2 CFG) inside an 80 GB
+// time: they share one buffer; y (fp32 proj / fc2 output -> the next LayerNorm) is alive with a only
+// and sits behind it in the same buffer (a + y = qkv in size for VAR's MLP ratio 4). h_lo
+// (LayerNorm -> the GEMM that reads it) and o (attention -> proj) alternate and share the o buffer. This keeps VAR-d30 at 1024 images (x2 CFG) inside an 80 GB
 // GPU beside a 10% cache.
 struct Workspace {
   Workspace(const VarConfig& cfg, int B, bool split) {
@@ -802,14 +804,15 @@ struct Workspace {
     const std::size_t a_bytes = rows * static_cast<std::size_t>(cfg.hidden()) * sizeof(bf16);
     const std::size_t logits_bytes = rows * static_cast<std::size_t>(cfg.vocab) * sizeof(float);
     const std::size_t emb_bytes = static_cast<std::size_t>(B * n_max) * C * sizeof(float);
-    shared = DeviceBuffer<float>((std::max({qkv_bytes, a_bytes, logits_bytes, emb_bytes}) + sizeof(float) - 1) /
-                                 sizeof(float));
+    const std::size_t y_offset = (a_bytes + 255) / 256 * 256, y_bytes = rows * C * sizeof(float);
+    shared = DeviceBuffer<float>(
+        (std::max({qkv_bytes, y_offset + y_bytes, logits_bytes, emb_bytes}) + sizeof(float) - 1) / sizeof(float));
     qkv = shared.data();
     logits = shared.data();
     emb = shared.data();
     a = reinterpret_cast<bf16*>(shared.data());
+    y = shared.data() + y_offset / sizeof(float);
     x = DeviceBuffer<float>(rows * C);
-    y = DeviceBuffer<float>(rows * C);
     lse = DeviceBuffer<float>(static_cast<std::size_t>(N) * H * n_max);
     params = DeviceBuffer<float>(static_cast<std::size_t>(N) * (6LL * D + 2) * C);
     cond = DeviceBuffer<float>(static_cast<std::size_t>(N) * C);
@@ -834,13 +837,14 @@ struct Workspace {
     const int P = cfg.patch_nums.back();
     f_hat = DeviceBuffer<float>(static_cast<std::size_t>(B) * cfg.Cvae * P * P);
   }
-  DeviceBuffer<float> shared;  // qkv | a | logits | emb
+  DeviceBuffer<float> shared;  // qkv | a, y | logits | emb
   float* qkv = nullptr;
+  float* y = nullptr;
   float* logits = nullptr;
   float* emb = nullptr;
   bf16* a = nullptr;
   bf16* h_lo = nullptr;  // = o
-  DeviceBuffer<float> x, y, lse, params, cond, in, f, f_hat;
+  DeviceBuffer<float> x, lse, params, cond, in, f, f_hat;
   DeviceBuffer<bf16> h, q, k, v, o, a_lo, act, act_lo;
   DeviceBuffer<std::int32_t> tokens, step_tokens;  // [B, L] (every scale's choice, downloaded at the end), [B, n_max]
   DeviceBuffer<float> gaps, step_gaps;              // same
@@ -898,9 +902,9 @@ void run_scale(VarModelCuda::Impl& m, Workspace& w, CudaCacheBackend& cache, int
                                                     w.k.data(), w.v.data(), rows, n, H, C);
     VARKV_CUDA_CHECK_LAUNCH("qk_norm_kernel");
     cache.attend_commit(si, l, q, k, v, o, lse, s);
-    g.linear(w.o.data(), rows, b.proj.w.data(), C, C, b.proj.b.data(), b.proj.b.data(), w.y.data(), CUDA_R_32F,
+    g.linear(w.o.data(), rows, b.proj.w.data(), C, C, b.proj.b.data(), b.proj.b.data(), w.y, CUDA_R_32F,
              Epilogue::bias);
-    launch_ln(w.x.data(), w.y.data(), chunk(l, kGamma1), chunk(l, kScale2), chunk(l, kShift2), ps, w.h.data(), rows, n,
+    launch_ln(w.x.data(), w.y, chunk(l, kGamma1), chunk(l, kScale2), chunk(l, kShift2), ps, w.h.data(), rows, n,
               C, eps, s, h_lo);
     if (split) {
       // fc1 in fp32 (hi + lo), gelu_tanh, split again for fc2.
@@ -916,11 +920,11 @@ void run_scale(VarModelCuda::Impl& m, Workspace& w, CudaCacheBackend& cache, int
     } else {
       g.linear_gelu_unfused(w.h.data(), rows, b.fc1.w.data(), hid, C, b.fc1.b.data(), w.a);
     }
-    g.linear(w.a, rows, b.fc2.w.data(), C, hid, b.fc2.b.data(), b.fc2.b.data(), w.y.data(), CUDA_R_32F,
+    g.linear(w.a, rows, b.fc2.w.data(), C, hid, b.fc2.b.data(), b.fc2.b.data(), w.y, CUDA_R_32F,
              Epilogue::bias);
-    if (split) g.accumulate(w.a_lo.data(), rows, b.fc2.w.data(), C, hid, w.y.data());
+    if (split) g.accumulate(w.a_lo.data(), rows, b.fc2.w.data(), C, hid, w.y);
     const bool last = l + 1 == D;
-    launch_ln(w.x.data(), w.y.data(), chunk(l, kGamma2), last ? chunk(D, 0) : chunk(l + 1, kScale1),
+    launch_ln(w.x.data(), w.y, chunk(l, kGamma2), last ? chunk(D, 0) : chunk(l + 1, kScale1),
               last ? chunk(D, 1) : chunk(l + 1, kShift1), ps, w.h.data(), rows, n, C, eps, s,
               last ? w.h_lo : h_lo);
   }
@@ -992,7 +996,8 @@ CudaGenerationResult generate_cuda(const VarModelCuda& model, const VqVaeCuda& v
   Stream stream;
   m.gemm.set_stream(stream);
   const bool split = options.precision == CudaPrecision::split_bf16;
-  Workspace w(cfg, B, split);
+  auto workspace = std::make_unique<Workspace>(cfg, B, split);
+  Workspace& w = *workspace;
   if (forced) {
     w.forced = DeviceBuffer<std::int32_t>(options.forced_tokens.size());
     upload_async(w.forced.data(), options.forced_tokens.data(), options.forced_tokens.size(), stream);
@@ -1082,12 +1087,17 @@ CudaGenerationResult generate_cuda(const VarModelCuda& model, const VqVaeCuda& v
   }
 
   if (req.decode) {
+    // As the official code, the cache (and here the transformer's scratch) goes before the decoder.
     const auto t0 = clock::now();
+    DeviceBuffer<float> f_hat = std::move(w.f_hat);
+    workspace.reset();
+    cache.reset();
     const int side = 16 * P;
     DeviceBuffer<float> images(static_cast<std::size_t>(B) * 3 * side * side);
-    vae_cuda.decode(w.f_hat.data(), B, images.data(), static_cast<void*>(stream));
+    vae_cuda.decode(f_hat.data(), B, images.data(), static_cast<void*>(stream));
     VARKV_CUDA_CHECK(cudaStreamSynchronize(stream));
     out.device_peak_bytes = std::max(out.device_peak_bytes, device_bytes_in_use());
+    vae_cuda.release_decode_scratch();
     r.decode_seconds = std::chrono::duration<double>(clock::now() - t0).count();
     r.image_side = side;
     if (options.download_pixels) {
@@ -1109,10 +1119,8 @@ CudaFitProbe probe_cuda_generation(const VarModelCuda& model, int B, const CudaG
   try {
     auto cache = make_cuda_cache(options.policy, cfg.geometry(), cfg.schedule(), BatchShape{B, true});
     Workspace w(cfg, B, options.precision == CudaPrecision::split_bf16);
-    // The decoder's output, plus headroom for its scratch (it decodes in chunks sized from free
-    // memory; one 256-px image needs ~0.4 GB) and cuBLAS workspaces.
-    const int side = 16 * cfg.patch_nums.back();
-    DeviceBuffer<float> images(static_cast<std::size_t>(B) * 3 * side * side);
+    // Headroom for cuBLAS workspaces and the quantizer's scratch. The decoder runs after the cache
+    // and the scratch are released (its output, B x 0.8 MB at 256 px, and chunk scratch fit then).
     constexpr std::size_t kHeadroom = std::size_t{1} << 30;
     DeviceBuffer<char> headroom(kHeadroom);
     p.bytes = device_bytes_in_use() - before;

@@ -60,7 +60,9 @@
 //! chosen tokens stay on the device and come down once, with f_hat, at the end. Only class
 //! embedding rows and scale 0's token map (a few KB) are built on the host. The scratch of one
 //! generation shares one buffer between the qkv projection (fp32), the MLP's hidden activations and
-//! the logits (never alive together): VAR-d30 needs ~31 MB per image of scratch beside its cache.
+//! its output, the logits and the word embedding (never alive together): VAR-d30 needs ~27 MB per
+//! image of scratch beside its cache. As the official code, the cache and this scratch are released
+//! before the decoder runs; the decoder's chunk scratch is released after it.
 //! `probe_cuda_generation` allocates a generation's cache and scratch without running it: the
 //! largest batch that fits is found with it.
 //!
@@ -170,8 +172,8 @@ CudaGenerationResult generate_cuda(const VarModelCuda& var, const VqVae& vae, co
                                    const CudaGenerationOptions& options = {}, const ProgressFn& progress = {});
 
 //! Whether a generation of B images with `options` (policy, precision) fits on the device now: the
-//! cache, the scratch, the decoder's output and 1 GiB of headroom (decoder chunk scratch, cuBLAS
-//! workspaces) are allocated and released again. An allocation
+//! cache, the transformer's scratch and 1 GiB of headroom (cuBLAS workspaces, quantizer scratch)
+//! are allocated and released again. The decoder runs after the cache and scratch are released. An allocation
 //! failure gives fits = false and its message; other errors throw.
 struct CudaFitProbe {
   bool fits = false;

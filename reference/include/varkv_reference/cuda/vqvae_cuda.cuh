@@ -80,6 +80,10 @@ class VqVaeCuda {
   //! The number of images `decode(..., B, ..., max_chunk)` would decode at a time (max_chunk = 0:
   //! bounded by 2 GiB of im2col scratch and by free device memory, at least 1).
   int decode_chunk(int B, int max_chunk = 0) const;
+  //! Frees the decoder's chunk scratch (synchronises the device first); the next decode allocates
+  //! it again. A generation loop calls it after decoding so that the next batch's KV cache and
+  //! scratch do not sit beside gigabytes of idle decoder buffers.
+  void release_decode_scratch() const;
 
   //! Device tensors, asynchronous on `stream` (a cudaStream_t): f_hat [B, Cvae, P, P] fp32 (in place),
   //! tokens [B, pn * pn] int32 of scale si, next [B, pn_next^2, Cvae] fp32 (ignored, may be null, at
