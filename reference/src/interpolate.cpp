@@ -25,19 +25,16 @@ constexpr float kCubicA = -0.75f;
 float cubic1(float x) { return ((kCubicA + 2) * x - (kCubicA + 3)) * x * x + 1; }
 float cubic2(float x) { return ((kCubicA * x - 5 * kCubicA) * x + 8 * kCubicA) * x - 4 * kCubicA; }
 
-struct CubicTap {
-  int index[4];  // clamped source indices
-  float coef[4];
-};
+}  // namespace
 
 // One output coordinate's taps, as PyTorch's kernel computes them in fp32.
-CubicTap cubic_tap(int dst, int in_size, int out_size) {
+BicubicTaps bicubic_taps(int dst, int in_size, int out_size) {
   const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
   const float real = scale * (static_cast<float>(dst) + 0.5f) - 0.5f;
   const float fl = std::floor(real);
   const int i0 = static_cast<int>(fl);
   const float t = real - fl;
-  CubicTap tap;
+  BicubicTaps tap;
   tap.coef[0] = cubic2(t + 1.0f);
   tap.coef[1] = cubic1(t);
   const float u = 1.0f - t;
@@ -47,8 +44,6 @@ CubicTap cubic_tap(int dst, int in_size, int out_size) {
   return tap;
 }
 
-}  // namespace
-
 void resize_bicubic(std::span<const float> in, std::int64_t planes, int in_h, int in_w, std::span<float> out, int out_h,
                     int out_w) {
   check_sizes("resize_bicubic", in.size(), out.size(), planes, in_h, in_w, out_h, out_w);
@@ -56,17 +51,17 @@ void resize_bicubic(std::span<const float> in, std::int64_t planes, int in_h, in
     std::copy(in.begin(), in.end(), out.begin());
     return;
   }
-  std::vector<CubicTap> ty(out_h), tx(out_w);
-  for (int y = 0; y < out_h; ++y) ty[y] = cubic_tap(y, in_h, out_h);
-  for (int x = 0; x < out_w; ++x) tx[x] = cubic_tap(x, in_w, out_w);
+  std::vector<BicubicTaps> ty(out_h), tx(out_w);
+  for (int y = 0; y < out_h; ++y) ty[y] = bicubic_taps(y, in_h, out_h);
+  for (int x = 0; x < out_w; ++x) tx[x] = bicubic_taps(x, in_w, out_w);
 #pragma omp parallel for schedule(static) if (planes * out_h * out_w > 65536)
   for (std::int64_t p = 0; p < planes; ++p) {
     const float* src = in.data() + p * in_h * in_w;
     float* dst = out.data() + p * out_h * out_w;
     for (int y = 0; y < out_h; ++y) {
-      const CubicTap& a = ty[y];
+      const BicubicTaps& a = ty[y];
       for (int x = 0; x < out_w; ++x) {
-        const CubicTap& b = tx[x];
+        const BicubicTaps& b = tx[x];
         float rows[4];
         for (int k = 0; k < 4; ++k) {
           const float* r = src + a.index[k] * in_w;

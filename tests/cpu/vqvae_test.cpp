@@ -20,6 +20,7 @@
 #include <varkv_reference/safetensors.hpp>
 #include <varkv_reference/vqvae.hpp>
 
+#include "../support/golden_dir.hpp"
 #include "../support/random.hpp"
 
 using namespace varkv::ref;
@@ -148,15 +149,12 @@ const Golden* golden() {
   return g.get();
 }
 
-bool in_ci() {
-  const char* ci = std::getenv("CI");
-  return ci && std::string(ci) == "true";
-}
+using varkv::testing::on_ci;
 
 #define VARKV_REQUIRE_GOLDEN(g)                                                                             \
   const Golden* g = golden();                                                                               \
   if (!g) {                                                                                                 \
-    if (in_ci()) FAIL() << "golden data missing under " VARKV_GOLDEN_DIR "/var_d4_256 (CI=true)";          \
+    if (on_ci()) FAIL() << "golden data missing under " VARKV_GOLDEN_DIR "/var_d4_256 (CI=true)";          \
     GTEST_SKIP() << "golden data not found under " VARKV_GOLDEN_DIR "/var_d4_256: skipping the comparison " \
                     "with the official implementation";                                                     \
   }

@@ -62,6 +62,7 @@
 #include <varkv_reference/var_model.hpp>
 #include <varkv_reference/vqvae.hpp>
 
+#include "../support/golden_dir.hpp"
 #include "../support/random.hpp"
 
 using namespace varkv;
@@ -70,16 +71,6 @@ using namespace varkv::ref;
 namespace {
 
 namespace fs = std::filesystem;
-
-bool on_ci() {
-  const char* ci = std::getenv("CI");
-  return ci && std::string(ci) == "true";
-}
-
-std::string golden_root() {
-  if (const char* env = std::getenv("VARKV_GOLDEN_DIR")) return env;
-  return VARKV_GOLDEN_DIR;
-}
 
 std::uint64_t test_seed() {
   static const std::uint64_t seed = [] {
@@ -104,12 +95,10 @@ struct GoldenModel {
 const GoldenModel* golden(std::string* why) {
   static std::string reason;
   static const std::optional<GoldenModel> model = []() -> std::optional<GoldenModel> {
-    const fs::path dir = fs::path(golden_root()) / "var_d4_256";
-    if (!fs::exists(dir / "meta.json") || !fs::exists(dir / "var.safetensors") || !fs::exists(dir / "vae.safetensors")) {
-      reason = "no golden model (meta.json, var.safetensors, vae.safetensors) in " + dir.string() +
-               "; set -DVARKV_GOLDEN_DIR=... or the VARKV_GOLDEN_DIR environment variable";
-      return std::nullopt;
-    }
+    const auto found =
+        varkv::testing::golden_d4_dir("model", {"meta.json", "var.safetensors", "vae.safetensors"}, reason);
+    if (!found) return std::nullopt;
+    const fs::path& dir = *found;
     std::ifstream in(dir / "meta.json");
     const auto meta = nlohmann::json::parse(in);
     GoldenModel g;
@@ -136,13 +125,10 @@ const GoldenModel* golden(std::string* why) {
   return model ? &*model : nullptr;
 }
 
-#define REQUIRE_GOLDEN(g)                          \
-  std::string why_;                                \
-  const GoldenModel* g = golden(&why_);            \
-  if (!g) {                                        \
-    if (on_ci()) FAIL() << why_;                   \
-    GTEST_SKIP() << why_;                          \
-  }
+#define REQUIRE_GOLDEN(g)               \
+  std::string why_;                     \
+  const GoldenModel* g = golden(&why_); \
+  if (!g) VARKV_GOLDEN_MISSING(why_)
 
 // CPU teacher-forcing logits of 2B sequences (B conditional + B null-class) on tokens [B, L]: [2B, L, V].
 std::vector<float> cpu_teacher_forcing(const VarModel& var, const VqVae& vae, const std::vector<int>& labels,

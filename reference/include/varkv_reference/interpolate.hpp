@@ -35,4 +35,16 @@ void resize_area(std::span<const float> in, std::int64_t planes, int in_h, int i
 //! PyTorch nearest upsampling by 2: in [planes, h, w] -> out [planes, 2h, 2w].
 void upsample_nearest2x(std::span<const float> in, std::int64_t planes, int h, int w, std::span<float> out);
 
+//! One output coordinate's four bicubic taps along one axis: source indices clamped to [0, in_size)
+//! and their Keys (A = -0.75) weights `coef`, in fp32 exactly as `resize_bicubic` computes them.
+//! Public so that a device resampler can take its taps from this code and so match
+//! `resize_bicubic` bit for bit instead of re-deriving the arithmetic.
+struct BicubicTaps {
+  int index[4];
+  float coef[4];
+};
+
+//! The taps of output coordinate `dst` when resizing `in_size` samples to `out_size` (both > 0).
+BicubicTaps bicubic_taps(int dst, int in_size, int out_size);
+
 }  // namespace varkv::ref

@@ -30,18 +30,14 @@
 #include "varkv/core/error.hpp"
 #include "varkv_reference/cuda/cache_backend.cuh"
 
+#include "cuda_support.cuh"
+
 namespace varkv::ref {
 
 namespace {
 
 using bf16 = __nv_bfloat16;
-
-void blas_check(cublasStatus_t status, const char* call, const char* file, int line) {
-  if (status != CUBLAS_STATUS_SUCCESS)
-    fail("cuBLAS error {} ({}) in {} at {}:{}", static_cast<int>(status), cublasGetStatusString(status), call, file,
-         line);
-}
-#define VARKV_BLAS_CHECK(call) blas_check((call), #call, __FILE__, __LINE__)
+using detail::Stream;
 
 constexpr int kThreads = 256;
 constexpr int kLnPerThread = 16;  // LayerNorm rows of up to 256 x 16 = 4096 channels
@@ -545,20 +541,6 @@ struct DevLinear {
 
 struct DevBlock {
   DevLinear qkv, proj, fc1, fc2;
-};
-
-class Stream {
- public:
-  Stream() { VARKV_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~Stream() {
-    if (s_) cudaStreamDestroy(s_);
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  operator cudaStream_t() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
 };
 
 template <class T>

@@ -27,19 +27,16 @@
 #include "varkv/core/cuda_check.cuh"
 #include "varkv/core/error.hpp"
 #include "varkv_reference/cuda/var_model_cuda.cuh"  // cuda_device_available
+#include "varkv_reference/interpolate.hpp"
+
+#include "cuda_support.cuh"
 
 namespace varkv::ref {
 
 namespace {
 
 using bf16 = __nv_bfloat16;
-
-void blas_check(cublasStatus_t status, const char* call, const char* file, int line) {
-  if (status != CUBLAS_STATUS_SUCCESS)
-    fail("cuBLAS error {} ({}) in {} at {}:{}", static_cast<int>(status), cublasGetStatusString(status), call, file,
-         line);
-}
-#define VARKV_BLAS_CHECK(call) blas_check((call), #call, __FILE__, __LINE__)
+using detail::Stream;
 
 constexpr int kThreads = 256;
 constexpr int kGnThreads = 512;                         // GroupNorm: one CTA per (image, group)
@@ -51,34 +48,6 @@ unsigned blocks_for(std::int64_t n, int threads = kThreads) {
   const std::int64_t b = (n + threads - 1) / threads;
   require(b <= 0x7fffffffLL, "VqVaeCuda: launch of {} threads exceeds the grid limit", n);
   return static_cast<unsigned>(std::max<std::int64_t>(b, 1));
-}
-
-// One output coordinate's bicubic taps: indices clamped to the border and the Keys (A = -0.75)
-// weights, computed exactly as reference/src/interpolate.cpp does on the host (same fp32 operations),
-// so that the device resampling reproduces the host's bit for bit.
-struct CubicTap {
-  int index[4];
-  float coef[4];
-};
-
-constexpr float kCubicA = -0.75f;
-float cubic1(float x) { return ((kCubicA + 2) * x - (kCubicA + 3)) * x * x + 1; }
-float cubic2(float x) { return ((kCubicA * x - 5 * kCubicA) * x + 8 * kCubicA) * x - 4 * kCubicA; }
-
-CubicTap cubic_tap(int dst, int in_size, int out_size) {
-  const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
-  const float real = scale * (static_cast<float>(dst) + 0.5f) - 0.5f;
-  const float fl = std::floor(real);
-  const int i0 = static_cast<int>(fl);
-  const float t = real - fl;
-  CubicTap tap;
-  tap.coef[0] = cubic2(t + 1.0f);
-  tap.coef[1] = cubic1(t);
-  const float u = 1.0f - t;
-  tap.coef[2] = cubic1(u);
-  tap.coef[3] = cubic2(u + 1.0f);
-  for (int k = 0; k < 4; ++k) tap.index[k] = std::clamp(i0 - 1 + k, 0, in_size - 1);
-  return tap;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -104,14 +73,16 @@ __global__ void gather_kernel(const std::int32_t* __restrict__ tokens, const flo
 }
 
 // up [planes, P, P] = bicubic(h [planes, pn, pn]); taps [P] serve both axes (square maps).
-__global__ void bicubic_kernel(const float* __restrict__ h, float* __restrict__ up, const CubicTap* __restrict__ taps,
-                               std::int64_t planes, int pn, int P) {
+// The taps are the host's bicubic_taps (reference/src/interpolate.cpp), not a device re-derivation,
+// so that the device resampling reproduces the host's bit for bit.
+__global__ void bicubic_kernel(const float* __restrict__ h, float* __restrict__ up,
+                               const BicubicTaps* __restrict__ taps, std::int64_t planes, int pn, int P) {
   const std::int64_t t = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
   if (t >= planes * P * P) return;
   const int x = static_cast<int>(t % P);
   const int y = static_cast<int>((t / P) % P);
   const std::int64_t plane = t / (std::int64_t{P} * P);
-  const CubicTap a = taps[y], b = taps[x];
+  const BicubicTaps a = taps[y], b = taps[x];
   const float* src = h + plane * pn * pn;
   float rows[4];
 #pragma unroll
@@ -465,7 +436,7 @@ struct VqVaeCuda::Impl {
   std::int64_t phi_stride = 0;           // floats per packed phi conv
   DeviceBuffer<float> embedding;         // [vocab, C]
   DeviceBuffer<float> phi_w, phi_b;      // [K][tiles][C][9][8], [K][tiles][8]
-  DeviceBuffer<CubicTap> taps;           // [S - 1][P]: bicubic pn -> P per scale
+  DeviceBuffer<BicubicTaps> taps;        // [S - 1][P]: bicubic pn -> P per scale
   DeviceBuffer<float> q_small, q_up;     // quantizer scratch: [B, C, pn^2], [B, C, P, P]
 
   DevConv post_quant, conv_in, conv_out;
@@ -781,20 +752,6 @@ int choose_chunk(const Impl& m, int B, int max_chunk) {
   return static_cast<int>(std::min<std::int64_t>({B, by_col, by_mem}));
 }
 
-class Stream {
- public:
-  Stream() { VARKV_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~Stream() {
-    if (s_) cudaStreamDestroy(s_);
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  operator cudaStream_t() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -849,10 +806,10 @@ VqVaeCuda::VqVaeCuda(const VqVae& vae, DecoderPrecision precision) {
     m.phi_b = DeviceBuffer<float>(b);
     m.bytes += static_cast<std::int64_t>(m.phi_w.bytes() + m.phi_b.bytes());
   }
-  std::vector<CubicTap> taps;
+  std::vector<BicubicTaps> taps;
   for (int si = 0; si + 1 < m.S; ++si)
-    for (int y = 0; y < m.P; ++y) taps.push_back(cubic_tap(y, cfg.patch_nums[si], m.P));
-  m.taps = DeviceBuffer<CubicTap>(taps);
+    for (int y = 0; y < m.P; ++y) taps.push_back(bicubic_taps(y, cfg.patch_nums[si], m.P));
+  m.taps = DeviceBuffer<BicubicTaps>(taps);
   m.bytes += static_cast<std::int64_t>(m.taps.bytes());
 
   // Decoder, in forward order.
