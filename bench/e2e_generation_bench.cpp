@@ -323,13 +323,15 @@ int main(int argc, char** argv) {
   std::string depths_text = "16,30", out_path, peer_path;
   int repeats = 2, step = 8;
   bool quick = false;
-  std::string largest_text = "full,scalekv10,amskv";
+  std::string largest_text = "all";
   std::string decoder = "bf16";
   app.add_option("--depths", depths_text, "comma list of VAR depths");
   app.add_option("--repeats", repeats, "timed runs per configuration (median)")->check(CLI::Range(1, 100));
   app.add_option("--out", out_path, "JSON results");
   app.add_option("--peer", peer_path, "bench/peers/var_torch_peer.py JSON of the same machine (targets)");
-  app.add_option("--largest", largest_text, "policies (labels) whose largest batch is searched ('' = none)");
+  app.add_option("--largest", largest_text,
+                 "labels of the policies whose largest batch is searched, comma-separated; 'all' (default) or "
+                 "'none'");
   app.add_option("--search-step", step, "largest-batch resolution in images")->check(CLI::Range(1, 1024));
   app.add_flag("--quick", quick, "fewer configurations (smoke run)");
   app.add_option("--decoder", decoder, "VQ-VAE decoder precision: bf16 (as the peer under autocast), tf32, fp32")
@@ -397,7 +399,8 @@ int main(int argc, char** argv) {
       std::map<std::string, int> largest;
       json jlargest = json::object();
       for (const auto& plan : plans) {
-        if (largest_text.find(plan.label) == std::string::npos) continue;
+        const std::string padded = "," + largest_text + ",";
+        if (largest_text != "all" && padded.find("," + plan.label + ",") == std::string::npos) continue;
         const int B = largest_batch(var, plan.policy, 64, step, 8192);
         // Confirm with one real generation (one repeat, no warm-up beyond the measure's own).
         const Row r = measure(var, vae, plan, B, 1, per_token, L, tflops, /*warmup=*/false);

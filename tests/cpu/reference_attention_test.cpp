@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -166,7 +167,20 @@ TEST(ReferenceAttention, PlantedKeyTakesTheMassAndLargeLogitsStayFinite) {
   SCOPED_TRACE(varkv::testing::seed_note(seed));
   std::mt19937_64 rng(seed);
   Problem p(1, 1, 3, 16, 20, 3, rng);
-  // Cache slot 7 is a copy of every query's direction, scaled up: it must win all the mass.
+  // Cache slot 7 is every query's direction, scaled to twice the longest other key (+1): then
+  // q.k7 - q.kj >= |k7| (|k7| - |kj|) > |k7|^2 / 2, a logit margin in the thousands at scale 40, so
+  // it must win all the mass whatever the random keys (a plain copy of k7 as q could lose to a longer key).
+  auto norm = [](const float* v) {
+    double s = 0;
+    for (int c = 0; c < 16; ++c) s += double(v[c]) * v[c];
+    return std::sqrt(s);
+  };
+  double longest = 0;
+  for (int j = 0; j < 20; ++j)
+    if (j != 7) longest = std::max(longest, norm(&p.ck[j * 16]));
+  for (int j = 0; j < 3; ++j) longest = std::max(longest, norm(&p.nk[j * 16]));
+  const double grow = (2 * longest + 1) / norm(&p.ck[7 * 16]);
+  for (int c = 0; c < 16; ++c) p.ck[7 * 16 + c] = static_cast<float>(p.ck[7 * 16 + c] * grow);
   for (int i = 0; i < 3; ++i)
     for (int c = 0; c < 16; ++c) p.q[i * 16 + c] = p.ck[7 * 16 + c];
   std::vector<std::int32_t> observers = {0, 1, 2};
