@@ -1,6 +1,7 @@
 // varkv_bench_e2e_generation: end-to-end VAR generation on the GPU (issue 5), random weights.
 //
-// Per depth (VAR-d16 / VAR-d30 at 256 px by default) and per (policy, batch) of the plan: wall time of
+// First the VQ-VAE alone (--vae-batch images decoded per precision with its TFLOP/s; the quantizer's
+// 10 steps at 1024 images). Then per depth (VAR-d16 / VAR-d30 at 256 px by default) and per (policy, batch) of the plan: wall time of
 // one generation (median of --repeats after one warm-up), images/s with and without the VQ-VAE
 // decoder, time per scale, exact KV bytes per image from the cache's ledger (peak over scales) and
 // the K/V storage the device cache allocated, device memory at the generation's peak, and the GEMM
@@ -34,9 +35,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "varkv/core/cuda_check.cuh"
 #include "varkv/core/error.hpp"
 #include "varkv_reference/cuda/var_model_cuda.cuh"
 #include "varkv_reference/cuda/vqvae_cuda.cuh"
+#include "varkv_reference/tool_model.hpp"
 #include "varkv_reference/var_model.hpp"
 #include "varkv_reference/vqvae.hpp"
 
@@ -257,6 +260,53 @@ int largest_batch(const varkv::ref::VarModelCuda& var, const std::string& policy
   return lo;
 }
 
+// The VQ-VAE alone (official 256-px shape, ch 160): decode of `B` images per precision and the
+// quantizer's 10 steps at 1024 images, beside the FLOP count and the matmul rate of this run.
+json vae_section(const varkv::ref::VqVae& vae_host, int B, double tflops) {
+  const double flops = vae_host.decoder_flops();
+  const int P = vae_host.config().patch_nums.back(), C = vae_host.config().Cvae, side = 16 * P;
+  json out = json::array();
+  std::vector<float> host_f(static_cast<std::size_t>(B) * C * P * P);
+  for (std::size_t i = 0; i < host_f.size(); ++i) host_f[i] = static_cast<float>(std::sin(0.37 * double(i)));
+  varkv::DeviceBuffer<float> f_hat(host_f), images(static_cast<std::size_t>(B) * 3 * side * side);
+  fmt::print("\n[vae] decoder {:.1f} GFLOP per image (256 px, ch {})\n", flops / 1e9, vae_host.config().ch);
+  for (const auto precision : {varkv::ref::DecoderPrecision::bf16, varkv::ref::DecoderPrecision::tf32,
+                               varkv::ref::DecoderPrecision::fp32}) {
+    const char* name = precision == varkv::ref::DecoderPrecision::bf16   ? "bf16"
+                       : precision == varkv::ref::DecoderPrecision::tf32 ? "tf32"
+                                                                         : "fp32";
+    const varkv::ref::VqVaeCuda vae(vae_host, precision);
+    vae.decode(f_hat.data(), B, images.data(), nullptr);  // warm-up: scratch, cuBLAS heuristics
+    cuda_ok(cudaDeviceSynchronize(), "decode");
+    const auto t0 = clock_type::now();
+    vae.decode(f_hat.data(), B, images.data(), nullptr);
+    cuda_ok(cudaDeviceSynchronize(), "decode");
+    const double sec = std::chrono::duration<double>(clock_type::now() - t0).count();
+    fmt::print("[vae] decode {} B={}: {:.3f} s ({:.1f} img/s, {:.1f} TFLOP/s of the {:.0f} bf16 matmul rate), chunk {}\n",
+               name, B, sec, B / sec, flops * B / sec / 1e12, tflops, vae.decode_chunk(B));
+    out.push_back({{"precision", name}, {"batch", B}, {"seconds", sec}, {"tflops", flops * B / sec / 1e12}});
+  }
+  const varkv::ref::VqVaeCuda vae(vae_host);
+  const int Bq = 1024;
+  const auto& pns = vae_host.config().patch_nums;
+  varkv::DeviceBuffer<float> fq(static_cast<std::size_t>(Bq) * C * P * P), next(static_cast<std::size_t>(Bq) * P * P * C);
+  varkv::DeviceBuffer<std::int32_t> tokens(std::vector<std::int32_t>(static_cast<std::size_t>(Bq) * P * P, 7));
+  double sec = 0;
+  for (int rep = 0; rep < 2; ++rep) {  // the first pass allocates the scratch
+    cuda_ok(cudaMemset(fq.data(), 0, fq.bytes()), "cudaMemset");
+    cuda_ok(cudaDeviceSynchronize(), "quantizer");
+    const auto t0 = clock_type::now();
+    for (std::size_t si = 0; si < pns.size(); ++si)
+      vae.next_autoregressive_input(static_cast<int>(si), fq.data(), Bq, tokens.data(),
+                                    si + 1 == pns.size() ? nullptr : next.data(), nullptr);
+    cuda_ok(cudaDeviceSynchronize(), "quantizer");
+    sec = std::chrono::duration<double>(clock_type::now() - t0).count();
+  }
+  fmt::print("[vae] quantizer, {} scales, B={}: {:.2f} ms\n", pns.size(), Bq, sec * 1e3);
+  out.push_back({{"quantizer_batch", Bq}, {"seconds", sec}});
+  return out;
+}
+
 json load_peer(const std::string& path) {
   if (path.empty()) return {};
   std::ifstream f(path);
@@ -334,24 +384,29 @@ int main(int argc, char** argv) {
                  "'none'");
   app.add_option("--search-step", step, "largest-batch resolution in images")->check(CLI::Range(1, 1024));
   app.add_flag("--quick", quick, "fewer configurations (smoke run)");
+  int vae_batch = 128;
+  app.add_option("--vae-batch", vae_batch, "images of the VQ-VAE-only decode timing (0 = skip it)")
+      ->check(CLI::Range(0, 4096));
   app.add_option("--decoder", decoder, "VQ-VAE decoder precision: bf16 (as the peer under autocast), tf32, fp32")
       ->check(CLI::IsMember({"bf16", "tf32", "fp32"}));
   CLI11_PARSE(app, argc, argv);
   try {
+    // Arguments first: a bad one is reported the same with or without a GPU.
+    const std::vector<int> depths = varkv::ref::parse_ints("--depths", depths_text);
+    for (const int d : depths) require(d >= 1 && d <= 64, "--depths: depth {} is outside 1..64", d);
+    const json peer = load_peer(peer_path);
     std::string why;
     require(varkv::ref::cuda_device_available(&why), "no usable CUDA device: {}", why);
-    const json peer = load_peer(peer_path);
     cudaDeviceProp prop{};
     cuda_ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
     const double tflops = matmul_tflops();
     fmt::print("{} ({} SMs, {:.1f} GB); bf16 matmul 8192^3: {:.0f} TFLOP/s\n", prop.name, prop.multiProcessorCount,
                prop.totalGlobalMem / 1e9, tflops);
     json results{{"device", prop.name}, {"matmul_bf16_tflops", tflops}, {"decoder", decoder}, {"depths", json::object()}};
-    std::vector<int> depths;
-    for (std::size_t p = 0; p < depths_text.size();) {
-      const std::size_t c = std::min(depths_text.find(',', p), depths_text.size());
-      depths.push_back(std::stoi(depths_text.substr(p, c - p)));
-      p = c + 1;
+    if (vae_batch > 0) {
+      varkv::ref::VqVaeConfig qc;
+      qc.patch_nums = kPatchNums256;
+      results["vae"] = vae_section(varkv::ref::VqVae::random(qc, 8), vae_batch, tflops);
     }
     for (const int depth : depths) {
       const auto cfg = varkv::ref::VarConfig::from_depth(depth, kPatchNums256);

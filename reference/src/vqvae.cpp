@@ -348,6 +348,43 @@ VqVae VqVae::random(VqVaeConfig cfg, std::uint64_t seed) {
   return v;
 }
 
+double VqVae::decoder_flops() const {
+  const int P = cfg_.patch_nums.back();
+  double flops = 0;
+  const auto conv = [&](const Conv2d& c, double hw) {
+    flops += 2.0 * c.in_channels() * c.kernel() * c.kernel() * c.out_channels() * hw;
+  };
+  const auto res = [&](const ResnetBlockView& r, double hw) {
+    conv(*r.conv1, hw);
+    conv(*r.conv2, hw);
+    if (r.nin_shortcut) conv(*r.nin_shortcut, hw);
+  };
+  const auto attn = [&](const AttnBlockView& a, double hw) {
+    conv(*a.qkv, hw);
+    conv(*a.proj_out, hw);
+    flops += 4.0 * hw * hw * a.proj_out->in_channels();  // q k^T and p v
+  };
+  const DecoderView d = decoder_view();
+  double hw = static_cast<double>(P) * P;
+  conv(post_quant_conv(), hw);
+  conv(*d.conv_in, hw);
+  res(d.mid_block_1, hw);
+  attn(d.mid_attn_1, hw);
+  res(d.mid_block_2, hw);
+  for (const auto& level : d.up) {
+    for (std::size_t i = 0; i < level.blocks.size(); ++i) {
+      res(level.blocks[i], hw);
+      if (!level.attn.empty()) attn(level.attn[i], hw);
+    }
+    if (level.upsample) {
+      hw *= 4;
+      conv(*level.upsample, hw);
+    }
+  }
+  conv(*d.conv_out, hw);
+  return flops;
+}
+
 int VqVae::phi_index(int si) const {
   const int S = static_cast<int>(cfg_.patch_nums.size());
   require(si >= 0 && si < S, "VQ-VAE: scale index {} out of range [0, {})", si, S);

@@ -23,6 +23,7 @@
 #include "varkv/core/error.hpp"
 #include "varkv_reference/calibration.hpp"
 #include "varkv_reference/tool_main.hpp"
+#include "varkv_reference/tool_model.hpp"
 #include "varkv_reference/safetensors.hpp"
 #include "varkv_reference/var_model.hpp"
 #include "varkv_reference/vqvae.hpp"
@@ -31,48 +32,8 @@ namespace {
 
 using varkv::require;
 
-// Comma-separated integers; `parse` converts one item (throws std::exception when it cannot).
-template <class T, class Parse>
-std::vector<T> parse_list(const std::string& what, const std::string& text, Parse parse) {
-  std::vector<T> out;
-  std::size_t start = 0;
-  while (start <= text.size()) {
-    const auto comma = text.find(',', start);
-    const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    std::size_t used = 0;
-    T v{};
-    try {
-      v = parse(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    require(!item.empty() && used == item.size(), "{} '{}': '{}' is not {}", what, text, item,
-            std::is_signed_v<T> ? "an integer" : "a non-negative integer");
-    out.push_back(v);
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return out;
-}
-
-std::vector<int> parse_ints(const std::string& what, const std::string& text) {
-  return parse_list<int>(what, text, [](const std::string& s, std::size_t* used) { return std::stoi(s, used); });
-}
-
-std::vector<std::uint64_t> parse_seeds(const std::string& what, const std::string& text) {
-  return parse_list<std::uint64_t>(what, text, [](const std::string& s, std::size_t* used) -> std::uint64_t {
-    if (!s.empty() && (s[0] == '-' || s[0] == '+')) return *used = 0, 0;  // stoull accepts "-1"
-    return std::stoull(s, used);
-  });
-}
-
 struct Options {
-  std::string var_path, vae_path;
-  bool random_init = false;
-  int depth = 4;
-  int vae_ch = 160;
-  std::string patch_nums = "1,2,3,4,5,6,8,10,13,16";
-  std::uint64_t init_seed = 0;
+  varkv::ref::ModelOptions model;
   std::string classes = "207,360";
   std::string seeds = "0";
   double cfg = 4.0;
@@ -89,23 +50,16 @@ int run(const Options& o) {
   require(std::isfinite(o.cfg) && o.cfg >= 0, "--cfg {}: expected a finite value >= 0", o.cfg);
   require(o.top_k >= 0, "--top-k {}: expected >= 0 (0: off, 1: greedy)", o.top_k);
   require(o.top_p >= 0 && o.top_p <= 1, "--top-p {}: expected a value in [0, 1] (0: off)", o.top_p);
-  require(o.vae_path.empty() == o.var_path.empty(), "--var and --vae go together (or neither, for --random-init)");
-  const bool random = o.var_path.empty();
-  require(!(o.random_init && !random), "--random-init cannot be combined with --var/--vae");
+  const varkv::ref::ModelSpec spec = varkv::ref::model_spec(o.model);
+  const bool random = spec.random;
   require(!o.drafters || *o.drafters >= 1, "--drafters {}: expected at least 1 layer per scale", o.drafters.value_or(0));
 
-  const auto patch_nums = parse_ints("--patch-nums", o.patch_nums);
-  const auto classes = parse_ints("--classes", o.classes);
+  const auto classes = varkv::ref::parse_ints("--classes", o.classes);
   for (int c : classes) require(c >= 0 && c < 1000, "--classes: class {} is outside 0..999 (ImageNet)", c);
   require(classes.size() <= 256, "--classes: {} classes in one batch; at most 256", classes.size());
-  const auto seeds = parse_seeds("--seeds", o.seeds);
+  const auto seeds = varkv::ref::parse_seeds("--seeds", o.seeds);
 
-  varkv::ref::VarConfig vc = varkv::ref::VarConfig::from_depth(o.depth, patch_nums);
-  require(o.vae_ch > 0 && o.vae_ch % 32 == 0, "--vae-ch {}: expected a positive multiple of 32 (GroupNorm(32))", o.vae_ch);
-  varkv::ref::VqVaeConfig qc;
-  qc.ch = o.vae_ch;
-  qc.patch_nums = patch_nums;
-  vc.validate();
+  const varkv::ref::VarConfig& vc = spec.vc;
 
   varkv::ref::CalibrationRequest req;
   req.classes = classes;
@@ -118,15 +72,9 @@ int run(const Options& o) {
   req.rules.similarity_from = o.similarity_from;
   req.rules.validate(vc.depth, vc.scales());  // before loading weights: a bad rule fails fast
 
-  std::optional<varkv::ref::VarModel> var;
-  std::optional<varkv::ref::VqVae> vae;
-  if (random) {
-    var.emplace(varkv::ref::VarModel::random(vc, o.init_seed));
-    vae.emplace(varkv::ref::VqVae::random(qc, o.init_seed + 1));
-  } else {
-    var.emplace(varkv::ref::VarModel::load(varkv::ref::SafetensorsFile::open(o.var_path), vc));
-    vae.emplace(varkv::ref::VqVae::load(varkv::ref::SafetensorsFile::open(o.vae_path), qc));
-  }
+  varkv::ref::LoadedModels models = varkv::ref::load_models(spec, o.model);
+  auto& var = models.var;
+  auto& vae = models.vae;
 
   std::error_code ec;
   std::filesystem::create_directories(o.out, ec);
@@ -138,9 +86,9 @@ int run(const Options& o) {
                  p.runs, p.seed, p.scale.step + 1, p.scale.scales, p.scale.side, p.scale.side, p.scale.seconds);
   };
   varkv::ref::CalibrationProfile profile = varkv::ref::calibrate(*var, *vae, req, progress);
-  profile.model.var_path = o.var_path;
-  profile.model.vae_path = o.vae_path;
-  profile.model.init_seed = o.init_seed;
+  profile.model.var_path = o.model.var_path;
+  profile.model.vae_path = o.model.vae_path;
+  profile.model.init_seed = o.model.init_seed;
 
   const std::string json_path = (std::filesystem::path(o.out) / "profile.json").string();
   const std::string png_path = (std::filesystem::path(o.out) / "profile.png").string();
@@ -148,7 +96,7 @@ int run(const Options& o) {
   varkv::ref::write_profile_png(png_path, profile);
 
   fmt::print("varkv-calibrate: VAR-d{} ({} layers x {} scales, {}), {} classes x {} seeds, {:.2f} s\n\n", vc.depth,
-             vc.depth, vc.scales(), random ? "random-init" : o.var_path, classes.size(), seeds.size(), profile.seconds);
+             vc.depth, vc.scales(), random ? "random-init" : o.model.var_path, classes.size(), seeds.size(), profile.seconds);
   fmt::print("{}", varkv::ref::format_profile_table(profile));
   std::fflush(stdout);
   if (!o.quiet) fmt::print(stderr, "varkv-calibrate: wrote {} and {}\n", json_path, png_path);
@@ -162,13 +110,7 @@ int main(int argc, char** argv) {
                "and scale ScaleKV's attention selectivity index and AMS-KV's inter-scale K/V similarity, and writes "
                "DIR/profile.json (drafters per scale, cache-demanding layers, the statistics) and DIR/profile.png."};
   Options o;
-  app.add_option("--var", o.var_path, "VAR transformer weights (safetensors, official names)");
-  app.add_option("--vae", o.vae_path, "VQ-VAE weights (safetensors, official names)");
-  app.add_flag("--random-init", o.random_init, "random weights (the default when --var/--vae are not given)");
-  app.add_option("--depth", o.depth, "VAR depth d (width 64d, d heads)")->capture_default_str();
-  app.add_option("--vae-ch", o.vae_ch, "VQ-VAE base channels (official: 160)")->capture_default_str();
-  app.add_option("--patch-nums", o.patch_nums, "scale schedule: token map sides")->capture_default_str();
-  app.add_option("--init-seed", o.init_seed, "seed of the random weights")->capture_default_str();
+  varkv::ref::add_model_options(app, o.model);
   app.add_option("--classes", o.classes, "ImageNet classes, comma-separated (one image each, one batch)")
       ->capture_default_str();
   app.add_option("--seeds", o.seeds, "sampling seeds, comma-separated: one generation run each")->capture_default_str();

@@ -46,6 +46,7 @@
 #include "varkv_reference/fidelity.hpp"
 #include "varkv_reference/generate.hpp"
 #include "varkv_reference/tool_main.hpp"
+#include "varkv_reference/tool_model.hpp"
 #include "varkv_reference/image_io.hpp"
 #include "varkv_reference/safetensors.hpp"
 #include "varkv_reference/var_model.hpp"
@@ -60,27 +61,6 @@ using varkv::fail;
 using varkv::require;
 using json = nlohmann::json;
 
-std::vector<int> parse_int_list(const std::string& what, const std::string& text) {
-  std::vector<int> out;
-  std::size_t start = 0;
-  while (start <= text.size()) {
-    const auto comma = text.find(',', start);
-    const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    std::size_t used = 0;
-    int v = 0;
-    try {
-      v = std::stoi(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    require(!item.empty() && used == item.size(), "{} '{}': '{}' is not an integer", what, text, item);
-    out.push_back(v);
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return out;
-}
-
 std::string trim(std::string_view s) {
   const auto b = s.find_first_not_of(" \t");
   if (b == std::string_view::npos) return {};
@@ -89,15 +69,10 @@ std::string trim(std::string_view s) {
 }
 
 struct Options {
-  std::string var_path, vae_path;
-  bool random_init = false;
-  int depth = 4;
-  int vae_ch = 160;
-  std::string patch_nums = "1,2,3,4,5,6,8,10,13,16";
+  varkv::ref::ModelOptions model;
   std::string classes = "207,360";
   int batch = 0;  // 0: one image per class
   std::uint64_t seed = 0;
-  std::uint64_t init_seed = 0;
   double cfg = 4.0;
   int top_k = 900;
   double top_p = 0.95;
@@ -126,6 +101,7 @@ struct Setup {
   bool cuda = false;  // --device cuda
 #ifdef VARKV_GENERATE_CUDA
   std::shared_ptr<varkv::ref::VarModelCuda> gpu;  // bound to *var (Setup is never moved after load_models)
+  std::shared_ptr<varkv::ref::VqVaeCuda> gpu_vae;  // bound to *vae; uploaded once for every --compare run
 #endif
 };
 
@@ -160,16 +136,21 @@ std::string apply_budget(const std::string& spec, const std::optional<double>& b
   return with_budget(spec, *budget);
 }
 
+// One stderr line per scale (nothing with --quiet); the CPU and GPU paths print the same.
+varkv::ref::ProgressFn progress_printer(const std::string& tag, bool quiet) {
+  return [tag, quiet](const varkv::ref::ScaleProgress& p) {
+    if (!quiet)
+      fmt::print(stderr, "varkv-generate: {}scale {:>2}/{} ({:>2}x{:<2})  {:7.3f} s  KV {}\n", tag, p.step + 1, p.scales,
+                 p.side, p.side, p.seconds, varkv::format_bytes(p.kv_bytes));
+  };
+}
+
 template <class Cache>
 RunOutcome generate_through(const Setup& s, Cache& cache, const std::string& spec, const std::string& cache_name,
                             const std::string& tag, bool quiet) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  const auto progress = [&](const varkv::ref::ScaleProgress& p) {
-    if (!quiet)
-      fmt::print(stderr, "varkv-generate: {}scale {:>2}/{} ({:>2}x{:<2})  {:7.3f} s  KV {}\n", tag, p.step + 1, p.scales,
-                 p.side, p.side, p.seconds, varkv::format_bytes(p.kv_bytes));
-  };
+  const auto progress = progress_printer(tag, quiet);
   RunOutcome r;
   r.spec = spec;
   r.cache = cache_name;
@@ -185,14 +166,10 @@ RunOutcome generate_through(const Setup& s, Cache& cache, const std::string& spe
 RunOutcome run_policy_cuda(const Setup& s, const std::string& spec, const std::string& tag, bool quiet) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  const auto progress = [&](const varkv::ref::ScaleProgress& p) {
-    if (!quiet)
-      fmt::print(stderr, "varkv-generate: {}scale {:>2}/{} ({:>2}x{:<2})  {:7.3f} s  KV {}\n", tag, p.step + 1, p.scales,
-                 p.side, p.side, p.seconds, varkv::format_bytes(p.kv_bytes));
-  };
+  const auto progress = progress_printer(tag, quiet);
   varkv::ref::CudaGenerationOptions options;
   options.policy = spec;
-  auto g = varkv::ref::generate_cuda(*s.gpu, *s.vae, s.request, options, progress);
+  auto g = varkv::ref::generate_cuda(*s.gpu, *s.gpu_vae, s.request, options, progress);
   RunOutcome r;
   r.spec = spec;
   r.cache = g.cache;
@@ -286,21 +263,15 @@ Setup make_setup(const Options& o) {
   require(o.top_k >= 0, "--top-k {}: expected >= 0 (0: off, 1: greedy)", o.top_k);
   require(o.top_p >= 0 && o.top_p <= 1, "--top-p {}: expected a value in [0, 1] (0: off)", o.top_p);
   require(o.batch >= 0 && o.batch <= 256, "--batch {}: expected 1..256", o.batch);
-  require(o.vae_path.empty() == o.var_path.empty(), "--var and --vae go together (or neither, for --random-init)");
-  s.random = o.var_path.empty();
-  require(!(o.random_init && !s.random), "--random-init cannot be combined with --var/--vae");
-
-  s.patch_nums = parse_int_list("--patch-nums", o.patch_nums);
-  const auto classes = parse_int_list("--classes", o.classes);
+  const varkv::ref::ModelSpec spec = varkv::ref::model_spec(o.model);
+  s.random = spec.random;
+  s.patch_nums = spec.patch_nums;
+  s.vc = spec.vc;
+  s.qc = spec.qc;
+  const auto classes = varkv::ref::parse_ints("--classes", o.classes);
   for (int c : classes) require(c >= 0 && c < 1000, "--classes: class {} is outside 0..999 (ImageNet)", c);
   s.B = o.batch > 0 ? o.batch : static_cast<int>(classes.size());
   for (int b = 0; b < s.B; ++b) s.labels.push_back(classes[static_cast<std::size_t>(b) % classes.size()]);
-
-  s.vc = varkv::ref::VarConfig::from_depth(o.depth, s.patch_nums);
-  s.qc.ch = o.vae_ch;
-  s.qc.patch_nums = s.patch_nums;
-  require(o.vae_ch > 0 && o.vae_ch % 32 == 0, "--vae-ch {}: expected a positive multiple of 32 (GroupNorm(32))", o.vae_ch);
-  s.vc.validate();
 
   s.request.labels = s.labels;
   s.request.cfg = o.cfg;
@@ -313,21 +284,20 @@ Setup make_setup(const Options& o) {
 }
 
 void load_models(Setup& s, const Options& o) {
-  if (s.random) {
-    s.var.emplace(varkv::ref::VarModel::random(s.vc, o.init_seed));
-    s.vae.emplace(varkv::ref::VqVae::random(s.qc, o.init_seed + 1));
-  } else {
-    s.var.emplace(varkv::ref::VarModel::load(varkv::ref::SafetensorsFile::open(o.var_path), s.vc));
-    s.vae.emplace(varkv::ref::VqVae::load(varkv::ref::SafetensorsFile::open(o.vae_path), s.qc));
-  }
+  auto models = varkv::ref::load_models({s.vc, s.qc, s.patch_nums, s.random}, o.model);
+  s.var = std::move(models.var);
+  s.vae = std::move(models.vae);
 #ifdef VARKV_GENERATE_CUDA
-  if (s.cuda) s.gpu = std::make_shared<varkv::ref::VarModelCuda>(*s.var);
+  if (s.cuda) {
+    s.gpu = std::make_shared<varkv::ref::VarModelCuda>(*s.var);
+    s.gpu_vae = std::make_shared<varkv::ref::VqVaeCuda>(*s.vae);
+  }
 #endif
 }
 
 json settings_json(const Setup& s, const Options& o) {
-  return {{"weights", s.random ? json("random-init") : json({{"var", o.var_path}, {"vae", o.vae_path}})},
-          {"init_seed", o.init_seed},
+  return {{"weights", s.random ? json("random-init") : json({{"var", o.model.var_path}, {"vae", o.model.vae_path}})},
+          {"init_seed", o.model.init_seed},
           {"depth", s.vc.depth},
           {"width", s.vc.width},
           {"heads", s.vc.heads},
@@ -623,17 +593,11 @@ int main(int argc, char** argv) {
                "autoregressive_infer_cfg) through a varkv KV cache."};
   Options o;
   const std::string presets(varkv::policy_names);
-  app.add_option("--var", o.var_path, "VAR transformer weights (safetensors, official names)");
-  app.add_option("--vae", o.vae_path, "VQ-VAE weights (safetensors, official names)");
-  app.add_flag("--random-init", o.random_init, "random weights (the default when --var/--vae are not given)");
-  app.add_option("--depth", o.depth, "VAR depth d (width 64d, d heads)")->capture_default_str();
-  app.add_option("--vae-ch", o.vae_ch, "VQ-VAE decoder base channels (official: 160)")->capture_default_str();
-  app.add_option("--patch-nums", o.patch_nums, "scale schedule: token map sides")->capture_default_str();
+  varkv::ref::add_model_options(app, o.model);
   app.add_option("--classes", o.classes, "ImageNet classes, comma-separated (cycled over --batch)")->capture_default_str();
   app.add_option("--batch", o.batch, "images to generate (default: one per class)");
   app.add_option("--seed", o.seed, "sampling seed (std::mt19937_64; the same for every --compare run)")
       ->capture_default_str();
-  app.add_option("--init-seed", o.init_seed, "seed of the random weights")->capture_default_str();
   app.add_option("--cfg", o.cfg, "classifier-free guidance ratio")->capture_default_str();
   app.add_option("--top-k", o.top_k, "top-k filter (0: off, 1: greedy, deterministic)")->capture_default_str();
   app.add_option("--top-p", o.top_p, "top-p filter (0: off)")->capture_default_str();

@@ -311,6 +311,43 @@ TEST(VqVae, RejectsBadConfigsTokensAndSizes) {
   EXPECT_THROW(VqVae::random(bad, 1), varkv::Error);
 }
 
+TEST(VqVae, DecoderFlopsFollowTheArchitecture) {
+  // Written out from the architecture (ch_mult 1 1 2 2 4 reversed, 3 res blocks per level,
+  // attention at the lowest resolution, nearest x2 + 3x3 conv between levels; post_quant_conv 3x3
+  // as the official quant_conv_ks = 3), independently of
+  // the layer walk in vqvae.cpp.
+  const auto conv = [](double ci, double co, double k, double hw) { return 2 * ci * co * k * k * hw; };
+  const auto res = [&](double ci, double co, double hw) {
+    return conv(ci, co, 3, hw) + conv(co, co, 3, hw) + (ci != co ? conv(ci, co, 1, hw) : 0.0);
+  };
+  const auto attn = [&](double c, double hw) { return conv(c, 3 * c, 1, hw) + conv(c, c, 1, hw) + 4 * hw * hw * c; };
+  for (const int ch : {32, 64}) {
+    VqVaeConfig cfg;
+    cfg.ch = ch;
+    cfg.Cvae = 16;
+    cfg.vocab = 64;
+    cfg.patch_nums = {1, 2, 3};
+    const VqVae vae = VqVae::random(cfg, 5);
+    double hw = 9, expect = conv(16, 16, 3, hw) + conv(16, 4 * ch, 3, hw);  // post_quant_conv is 3x3
+    expect += 2 * res(4 * ch, 4 * ch, hw) + attn(4 * ch, hw);
+    const double chs[] = {4.0 * ch, 2.0 * ch, 2.0 * ch, 1.0 * ch, 1.0 * ch};
+    double cin = 4.0 * ch;
+    for (int level = 0; level < 5; ++level) {
+      for (int b = 0; b < 3; ++b) {
+        expect += res(cin, chs[level], hw) + (level == 0 ? attn(chs[level], hw) : 0.0);
+        cin = chs[level];
+      }
+      if (level < 4) {
+        hw *= 4;
+        expect += conv(chs[level], chs[level], 3, hw);
+      }
+    }
+    expect += conv(ch, 3, 3, hw);
+    EXPECT_DOUBLE_EQ(vae.decoder_flops(), expect) << "ch " << ch;
+  }
+  // The official 256-px VQ-VAE (ch 160, Cvae 32, P = 16): 393.7 GFLOP per image by the same formula.
+}
+
 TEST(VqVae, RandomInitIsDeterministicAndConsistent) {
   VqVaeConfig cfg;
   cfg.ch = 32;

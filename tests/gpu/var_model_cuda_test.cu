@@ -30,7 +30,6 @@
 // (d) Bad inputs: clear varkv::Errors before any device work.
 // Token choice kernel: greedy = CPU argmax (ties to the lowest index) and CPU gaps bit for bit;
 // sampled tokens always among the CPU top-k/top-p survivors; Philox draws follow the distribution.
-// Timing (only with VARKV_TIMING="depth:batch[,depth:batch]"): random VAR-d{depth} generation.
 #include <gtest/gtest.h>
 
 #ifdef VARKV_GOLDEN_DIR
@@ -650,73 +649,6 @@ TEST(VarModelCuda, TokenChoiceMatchesCpuRules) {
   for (int j = 0; j < V2; ++j) {
     const double expect = probs[j] * n2, sd = std::sqrt(n2 * probs[j] * (1 - probs[j]));
     EXPECT_NEAR(counts[j], expect, 5 * sd) << "token " << j;
-  }
-}
-
-// ---- timing (opt-in) ------------------------------------------------------------------------
-
-TEST(VarModelCudaTiming, RandomVarGeneration) {
-  const char* spec = std::getenv("VARKV_TIMING");
-  if (!spec) GTEST_SKIP() << "set VARKV_TIMING=depth:batch[,depth:batch] (e.g. 16:8,30:4) to time generations";
-  std::string text(spec);
-  std::size_t start = 0;
-  while (start < text.size()) {
-    const auto comma = text.find(',', start);
-    const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    start = comma == std::string::npos ? text.size() : comma + 1;
-    const auto colon = item.find(':');
-    ASSERT_NE(colon, std::string::npos) << item;
-    const int depth = std::stoi(item.substr(0, colon)), batch = std::stoi(item.substr(colon + 1));
-    using clock = std::chrono::steady_clock;
-    auto t0 = clock::now();
-    // One model per depth (consecutive items of the same depth reuse it: its host init is slow).
-    static std::optional<VarModel> var;
-    static std::optional<VqVae> vae;
-    static std::optional<VarModelCuda> gpu_model;
-    static double init = 0, upload = 0;
-    if (!var || var->config().depth != depth) {
-      gpu_model.reset();
-      var.reset();
-      const VarConfig vc = VarConfig::from_depth(depth, {1, 2, 3, 4, 5, 6, 8, 10, 13, 16});
-      var.emplace(VarModel::random(vc, 5));
-      VqVaeConfig qc;
-      qc.ch = 32;  // the decoder is not timed (decode = false); the quantizer does not depend on ch
-      qc.patch_nums = vc.patch_nums;
-      vae.emplace(VqVae::random(qc, 6));
-      init = std::chrono::duration<double>(clock::now() - t0).count();
-      t0 = clock::now();
-      gpu_model.emplace(*var);
-      upload = std::chrono::duration<double>(clock::now() - t0).count();
-    }
-    VarModelCuda& gpu = *gpu_model;
-    GenerationRequest req;
-    for (int b = 0; b < batch; ++b) req.labels.push_back((b * 97 + 13) % 1000);
-    req.cfg = 4.0;
-    req.top_k = 900;
-    req.top_p = 0.95;
-    req.seed = 1;
-    req.decode = false;
-    for (const auto& [policy, precision] : std::vector<std::pair<std::string, CudaPrecision>>{
-             {"full", CudaPrecision::bf16}, {"scalekv:budget=0.1", CudaPrecision::bf16},
-             {"full", CudaPrecision::split_bf16}}) {
-      const CudaGenerationOptions opt{.policy = policy, .precision = precision};
-      (void)generate_cuda(gpu, *vae, req, opt);  // warm-up: cuBLASLt heuristics, allocations
-      t0 = clock::now();
-      const auto r = generate_cuda(gpu, *vae, req, opt);
-      const double sec = std::chrono::duration<double>(clock::now() - t0).count();
-      std::printf("VAR-d%d batch %d (%d sequences) %s %s: %.3f s per generation (device memory at peak %.2f GB), peak "
-                  "KV %.1f MB, K/V allocated %.1f MB; host init %.1f s, upload %.1f s (%.2f GB bf16); per scale:",
-                  depth, batch, 2 * batch, policy.c_str(), precision_name(precision), sec, r.device_peak_bytes / 1e9,
-                  r.ledger->peak_bytes() / 1e6, r.kv_allocated_bytes / 1e6, init, upload, gpu.weight_bytes() / 1e9);
-      for (double s : r.result.scale_seconds) std::printf(" %.4f", s);
-      std::printf("\n");
-      std::fflush(stdout);
-    }
-    if (start >= text.size()) {  // release the device state before the CUDA runtime shuts down
-      gpu_model.reset();
-      var.reset();
-      vae.reset();
-    }
   }
 }
 

@@ -30,8 +30,6 @@
 //   gen_tokens rebuilds gen_f_hat within 1e-3 (the host test's bound) and the host f_hat within
 //   1e-5 (1 + max |cpu|).
 // - Bad arguments: varkv::Error naming the argument.
-// Timing (only with VARKV_VAE_TIMING="B[,B...]"): random 256 px VQ-VAE with the official ch = 160:
-// decode of B images per precision, the quantizer over the 10 scales at B = 1024.
 #include <gtest/gtest.h>
 
 #ifdef VARKV_GOLDEN_DIR
@@ -573,99 +571,6 @@ TEST(VqVaeCuda, MovedObjectKeepsWorking) {
   c = std::move(b);
   EXPECT_EQ(c.precision(), DecoderPrecision::fp32);
   EXPECT_LE(diff(c.decode(f_hat, 1), before).max_abs, 1e-5);
-}
-
-// ---- timing (opt-in) ------------------------------------------------------------------------
-
-// Multiply-adds x 2 of the decoder (post_quant_conv included) for one image, from the host layers.
-double decoder_flops(const VqVae& vae) {
-  const int P = vae.config().patch_nums.back();
-  double flops = 0;
-  const auto conv = [&](const Conv2d& c, double hw) {
-    flops += 2.0 * c.in_channels() * c.kernel() * c.kernel() * c.out_channels() * hw;
-  };
-  const auto res = [&](const VqVae::ResnetBlockView& r, double hw) {
-    conv(*r.conv1, hw);
-    conv(*r.conv2, hw);
-    if (r.nin_shortcut) conv(*r.nin_shortcut, hw);
-  };
-  const auto attn = [&](const VqVae::AttnBlockView& a, double hw) {
-    conv(*a.qkv, hw);
-    conv(*a.proj_out, hw);
-    flops += 4.0 * hw * hw * a.proj_out->in_channels();
-  };
-  const auto d = vae.decoder_view();
-  double hw = static_cast<double>(P) * P;
-  conv(vae.post_quant_conv(), hw);
-  conv(*d.conv_in, hw);
-  res(d.mid_block_1, hw);
-  attn(d.mid_attn_1, hw);
-  res(d.mid_block_2, hw);
-  for (const auto& L : d.up) {
-    for (std::size_t i = 0; i < L.blocks.size(); ++i) {
-      res(L.blocks[i], hw);
-      if (!L.attn.empty()) attn(L.attn[i], hw);
-    }
-    if (L.upsample) {
-      hw *= 4;
-      conv(*L.upsample, hw);
-    }
-  }
-  conv(*d.conv_out, hw);
-  return flops;
-}
-
-TEST(VqVaeCudaTiming, OfficialShapeDecodeAndQuantizer) {
-  const char* spec = std::getenv("VARKV_VAE_TIMING");
-  if (!spec) GTEST_SKIP() << "set VARKV_VAE_TIMING=B[,B...] (e.g. 16,128) to time the 256 px ch = 160 VQ-VAE";
-  std::vector<int> batches;
-  for (std::string text(spec); !text.empty();) {
-    const auto comma = text.find(',');
-    batches.push_back(std::stoi(text.substr(0, comma)));
-    text = comma == std::string::npos ? "" : text.substr(comma + 1);
-  }
-  using clock = std::chrono::steady_clock;
-  auto t0 = clock::now();
-  VqVaeConfig cfg;  // official: ch 160, Cvae 32, vocab 4096
-  cfg.patch_nums = kVar256;
-  const VqVae vae = VqVae::random(cfg, 11);
-  const double init = std::chrono::duration<double>(clock::now() - t0).count();
-  const double flops = decoder_flops(vae);
-  std::printf("[ timing   ] random ch 160 VQ-VAE built in %.1f s; decoder %.1f GFLOP per image\n", init, flops / 1e9);
-  std::mt19937_64 rng(test_seed());
-  for (const auto precision : {DecoderPrecision::bf16, DecoderPrecision::tf32, DecoderPrecision::fp32}) {
-    const VqVaeCuda gpu(vae, precision);
-    for (const int B : batches) {
-      const auto f_hat = varkv::testing::random_normal(static_cast<std::size_t>(B) * 32 * 16 * 16, rng);
-      DeviceBuffer<float> d_f(f_hat), d_img(static_cast<std::size_t>(B) * 3 * 256 * 256);
-      gpu.decode(d_f.data(), B, d_img.data(), nullptr);  // warm-up: scratch, cuBLAS heuristics
-      VARKV_CUDA_CHECK(cudaDeviceSynchronize());
-      t0 = clock::now();
-      gpu.decode(d_f.data(), B, d_img.data(), nullptr);
-      VARKV_CUDA_CHECK(cudaDeviceSynchronize());
-      const double sec = std::chrono::duration<double>(clock::now() - t0).count();
-      std::printf("[ timing   ] decode %s B %d: %.3f s (%.1f images/s, %.1f TFLOP/s), chunk %d, scratch %.2f GB, "
-                  "weights %.1f MB\n",
-                  name(precision), B, sec, B / sec, flops * B / sec / 1e12, gpu.decode_chunk(B),
-                  gpu.scratch_bytes() / 1e9, gpu.weight_bytes() / 1e6);
-      std::fflush(stdout);
-    }
-  }
-  const VqVaeCuda gpu(vae);
-  const int B = 1024;
-  DeviceBuffer<float> d_f(std::vector<float>(static_cast<std::size_t>(B) * 32 * 256, 0.0f));
-  DeviceBuffer<float> d_next(static_cast<std::size_t>(B) * 256 * 32);
-  std::vector<DeviceBuffer<std::int32_t>> toks;
-  for (int pn : kVar256) toks.emplace_back(random_tokens(static_cast<std::size_t>(B) * pn * pn, 4096, rng));
-  for (int rep = 0; rep < 2; ++rep) {  // the first pass allocates the scratch
-    VARKV_CUDA_CHECK(cudaDeviceSynchronize());
-    t0 = clock::now();
-    for (int si = 0; si < 10; ++si)
-      gpu.next_autoregressive_input(si, d_f.data(), B, toks[si].data(), si == 9 ? nullptr : d_next.data(), nullptr);
-    VARKV_CUDA_CHECK(cudaDeviceSynchronize());
-    const double sec = std::chrono::duration<double>(clock::now() - t0).count();
-    if (rep == 1) std::printf("[ timing   ] quantizer B 1024, 10 scales: %.2f ms\n", sec * 1e3);
-  }
 }
 
 }  // namespace

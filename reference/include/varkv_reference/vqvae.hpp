@@ -77,6 +77,9 @@ class VqVae {
 
   //! Index of the phi conv used at scale si (PhiPartiallyShared's argmin over ticks).
   int phi_index(int si) const;
+  //! FLOPs (2 x multiply-adds) of decoding one image: every conv (post_quant_conv included) and the
+  //! attention blocks' two products; what a decoder benchmark states its TFLOP/s against.
+  double decoder_flops() const;
   //! Total number of tokens L = sum of pn^2.
   std::int64_t total_tokens() const;
 
