@@ -113,7 +113,7 @@ enum class StatMode { none, prob_window16, prob_all, logit_window16 };
 
 // One layer's scale step: S = 2B sequences, cache of `len` kept tokens per row, n_new new ones.
 void BM_attention(benchmark::State& state, ModelGeometry geo, std::string sched_name, int images, int scale,
-                  double budget, StatMode stat, int rows) {
+                  double budget, StatMode stat, int rows, AttentionKernel kernel, int key_tile) {
   const auto sched = schedules::by_name(sched_name);
   const int S = 2 * images, H = geo.heads, d = geo.head_dim;
   const int nq = static_cast<int>(sched.tokens(scale)), n_new = nq;
@@ -141,6 +141,12 @@ void BM_attention(benchmark::State& state, ModelGeometry geo, std::string sched_
   a.out = make_view<4>("o", o.data(), {S, H, nq, d});
   a.lse = make_view<3>("lse", lse.data(), {S, H, nq});
   a.rows_per_item = rows;
+  a.kernel = kernel;
+  a.key_tile = key_tile;
+  if (kernel == AttentionKernel::warpgroup_mma && !fused_attention_has_warpgroup_kernel()) {
+    state.SkipWithError("the warpgroup kernel needs an sm_90 GPU and an sm_90a build");
+    return;
+  }
   if (stat != StatMode::none) {
     std::vector<std::int32_t> idx;
     const int h = sched.scale(scale).h, w = sched.scale(scale).w;
@@ -339,15 +345,21 @@ double measure_copy_bandwidth() {
 void register_all() {
   const std::string var = "var-256", inf = "infinity-1024";
   auto reg_attn = [](const ModelGeometry& g, const std::string& sched, int images, int scale, double budget,
-                     StatMode stat, int rows = 0) {
+                     StatMode stat, int rows = 0, AttentionKernel kernel = AttentionKernel::automatic,
+                     int key_tile = 0) {
     const std::string name = "attn/" + g.name + "/B" + std::to_string(images) + "/scale" +
                              (scale < 10 ? "0" : "") + std::to_string(scale) +
                              (budget >= 1.0 ? "/full" : "/10pct") + (stat == StatMode::none             ? ""
                               : stat == StatMode::prob_window16 ? "/prob-window16"
                               : stat == StatMode::prob_all      ? "/prob-all"
                                                                 : "/logit-window16") +
-                             (rows ? "/rows" + std::to_string(rows) : "");
-    benchmark::RegisterBenchmark(name.c_str(), BM_attention, g, sched, images, scale, budget, stat, rows)
+                             (rows ? "/rows" + std::to_string(rows) : "") +
+                             (kernel == AttentionKernel::warp_mma ? "/warp"
+                              : kernel == AttentionKernel::warpgroup_mma
+                                  ? "/wgmma" + (key_tile ? "-k" + std::to_string(key_tile) : std::string())
+                                  : "");
+    benchmark::RegisterBenchmark(name.c_str(), BM_attention, g, sched, images, scale, budget, stat, rows, kernel,
+                                 key_tile)
         ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
   };
   for (const auto& g : {geometries::var_d16(), geometries::var_d30()})
@@ -357,7 +369,26 @@ void register_all() {
   for (int images : {1, 4})
     for (double budget : {1.0, 0.1})
       for (int s = 0; s < 13; ++s) reg_attn(geometries::infinity_2b(), inf, images, s, budget, StatMode::none);
-  // The work-item sizes against each other at the large scales (automatic picks 128 rows there).
+  // The two kernels side by side (automatic picks the warpgroup kernel for n_q > 64 on sm_90a), and
+  // the warpgroup kernel's key tiles.
+  for (int s = 6; s < 10; ++s)
+    for (double budget : {1.0, 0.1}) {
+      reg_attn(geometries::var_d30(), var, 64, s, budget, StatMode::none, 0, AttentionKernel::warp_mma);
+      for (int tile : {64, 128})
+        reg_attn(geometries::var_d30(), var, 64, s, budget, StatMode::none, 0, AttentionKernel::warpgroup_mma, tile);
+    }
+  for (int s = 7; s < 10; ++s)
+    for (double budget : {1.0, 0.1})
+      reg_attn(geometries::var_d30(), var, 64, s, budget, StatMode::none, 64, AttentionKernel::warpgroup_mma);
+  for (int s : {10, 11, 12})
+    for (double budget : {1.0, 0.1}) {
+      reg_attn(geometries::infinity_2b(), inf, 4, s, budget, StatMode::none, 64, AttentionKernel::warpgroup_mma);
+      reg_attn(geometries::infinity_2b(), inf, 4, s, budget, StatMode::none, 0, AttentionKernel::warp_mma);
+      for (int tile : {64, 128})
+        reg_attn(geometries::infinity_2b(), inf, 4, s, budget, StatMode::none, 0, AttentionKernel::warpgroup_mma,
+                 tile);
+    }
+  // The warp kernel's work-item sizes against each other at the large scales.
   for (int rows : {64, 128})
     for (int s = 7; s < 10; ++s) {
       reg_attn(geometries::var_d30(), var, 64, s, 1.0, StatMode::none, rows);

@@ -85,6 +85,7 @@ def main():
     ap.add_argument("--out", default="peer.json")
     ap.add_argument("--ours", default=None)
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
+    ap.add_argument("--only", default="", help="comma-separated MODEL/BN keys, e.g. var-d30/B64,infinity-2b/B4")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev = torch.cuda.get_device_properties(0)
@@ -95,6 +96,8 @@ def main():
     for model, (H, d, sides, images_list) in MODELS.items():
         scale = 1.0 / math.sqrt(d)
         for images in images_list:
+            if args.only and f"{model}/B{images}" not in args.only.split(","):
+                continue
             S = 2 * images
             begin = 0
             for s, side in enumerate(sides):

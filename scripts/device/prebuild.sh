@@ -12,6 +12,11 @@ cmake --build "$BUILD" -j "$(nproc)" --target "${targets[@]}"
 rm -rf .device/bin && mkdir -p .device/bin
 cp "$BUILD/tests/varkv_gpu_tests" "$BUILD/bench/varkv_bench_e2e_generation" "$BUILD/bench/varkv_bench_gpu_attention" .device/bin/
 strip .device/bin/*
+# Runtime libraries of the Debian packages the GPU machine lacks (Google Benchmark).
+mkdir -p .device/bin/lib
+for b in .device/bin/varkv_*; do
+  ldd "$b" | awk '/libbenchmark/ {print $3}'
+done | sort -u | xargs -r -I{} cp -L {} .device/bin/lib/
 tar -C .device -cJf .device/bin.tar.xz bin
 rm -rf .device/bin
 git rev-parse HEAD > .device/bin.commit

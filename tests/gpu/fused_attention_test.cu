@@ -42,6 +42,8 @@ struct Case {
   ObsKind obs = ObsKind::window16;
   bool var_style = false;  // L2-normalised q, k with the scale folded into q, softmax scale 1
   int rows = 0;            // forced rows_per_item (0: automatic)
+  AttentionKernel kernel = AttentionKernel::automatic;
+  int key_tile = 0;        // warpgroup kernel's keys per tile (0: automatic)
 };
 
 std::string name(const Case& c) {
@@ -49,7 +51,11 @@ std::string name(const Case& c) {
   return c.schedule + " scale " + std::to_string(c.scale) + " S" + std::to_string(c.S) + " H" + std::to_string(c.H) +
          " d" + std::to_string(c.d) + " budget " + std::to_string(c.budget) + " stat " +
          st[static_cast<int>(c.stat)] + (c.obs == ObsKind::every ? " all-observers" : " window-observers") +
-         (c.var_style ? " var-style" : "") + (c.rows ? " rows " + std::to_string(c.rows) : "");
+         (c.var_style ? " var-style" : "") + (c.rows ? " rows " + std::to_string(c.rows) : "") +
+         (c.kernel == AttentionKernel::warpgroup_mma ? " warpgroup-kernel"
+          : c.kernel == AttentionKernel::warp_mma    ? " warp-kernel"
+                                                     : "") +
+         (c.key_tile ? " key-tile " + std::to_string(c.key_tile) : "");
 }
 
 float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
@@ -183,6 +189,8 @@ Errors run_case(const Case& c, std::uint64_t seed) {
   a.lse = make_view<3>("lse", dlse.data(), {S, H, nq});
   a.host_lengths = len;
   a.rows_per_item = c.rows;
+  a.kernel = c.kernel;
+  a.key_tile = c.key_tile;
   if (c.stat != StatKind::none) {
     a.observers = c.obs == ObsKind::every ? ObserverSet::every_query() : ObserverSet::listed(observers);
     a.key_stat = make_view<3>("key_stat", dstat.data(), {S, H, cap + n_new});
@@ -338,6 +346,54 @@ TEST(FusedAttention, EveryWorkItemConfiguration) {
   run_all(cases);
 }
 
+// The warpgroup (wgmma, sm_90a) kernel forced on every shape class: maps smaller than its 128-row
+// CTA (3x3, 8x8), padded (10x10: 100 rows), several CTAs per row (16x16 at var-256, 32x32 at
+// var-512), budgets 0 / 5% / 10% / 100% (ragged lengths, so tiles straddle the cache/new boundary at
+// different keys per row), both key tiles, both head dims, no statistic and both listed-observer
+// statistics (their observer CTAs run inside the same launch with 8 warps).
+TEST(FusedAttention, WarpgroupKernelEveryConfiguration) {
+  if (!fused_attention_has_warpgroup_kernel()) {
+    const auto pr = detail::fattn::sm90::probe_wgmma();
+    GTEST_SKIP() << "the warpgroup kernel needs an sm_90 GPU and an sm_90a build (device cc " << pr.cc_major << "."
+                 << pr.cc_minor << ", probe attributes: " << cudaGetErrorString(pr.attributes_error)
+                 << ", probe static smem " << pr.probe_static_smem << " B, binary version " << pr.binary_version
+                 << ", kernel registers " << pr.kernel_registers << ")";
+  }
+  std::vector<Case> cases;
+  int i = 0;
+  for (int tile : {64, 128})
+    for (int d : {64, 128})
+      for (int s : {2, 6, 7, 9})
+        for (double b : kBudgets) {
+          Case c{.schedule = "var-256", .scale = s, .S = 2, .H = 3, .d = d, .budget = b};
+          c.stat = kStats[i % 3];
+          c.var_style = (i % 2 == 1);
+          c.kernel = AttentionKernel::warpgroup_mma;
+          c.key_tile = tile;
+          cases.push_back(c);
+          ++i;
+        }
+  for (int tile : {64, 128}) {
+    Case c{.schedule = "var-512", .scale = 9, .S = 1, .H = 2, .d = 64, .budget = 0.1};
+    c.kernel = AttentionKernel::warpgroup_mma;
+    c.key_tile = tile;
+    c.stat = StatKind::probability_mass;
+    cases.push_back(c);
+  }
+  // One warpgroup per CTA (64 rows, 64-key tiles): maps of 100 and 169 queries, both head dims.
+  for (int d : {64, 128})
+    for (int s : {7, 8})
+      for (double b : {0.0, 0.1, 1.0}) {
+        Case c{.schedule = "var-256", .scale = s, .S = 2, .H = 3, .d = d, .budget = b};
+        c.stat = kStats[i % 3];
+        c.kernel = AttentionKernel::warpgroup_mma;
+        c.rows = 64;
+        cases.push_back(c);
+        ++i;
+      }
+  run_all(cases);
+}
+
 // The launcher refuses what the kernel cannot handle, naming the argument.
 TEST(FusedAttention, LauncherRejectsBadArguments) {
   const int S = 2, H = 2, nq = 4, d = 64, cap = 8, n_new = 4;
@@ -378,6 +434,24 @@ TEST(FusedAttention, LauncherRejectsBadArguments) {
                "new_v");
   expect_error([&] { auto a = good(); a.softmax_scale = NAN; fused_attention(a); }, "softmax_scale");
   expect_error([&] { auto a = good(); a.rows_per_item = 48; fused_attention(a); }, "rows_per_item");
+  expect_error([&] { auto a = good(); a.key_tile = 96; fused_attention(a); }, "key_tile");
+  expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warp_mma; a.key_tile = 64; fused_attention(a); },
+               "key_tile");
+  if (fused_attention_has_warpgroup_kernel()) {
+    expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_mma; a.rows_per_item = 32; fused_attention(a); },
+                 "rows_per_item");
+    expect_error(
+        [&] {
+          auto a = good();
+          a.kernel = AttentionKernel::warpgroup_mma;
+          a.observers = ObserverSet::every_query();
+          a.key_stat = make_view<3>("key_stat", stat.data(), {S, H, cap + n_new});
+          fused_attention<ObserverProbabilityMass>(a);
+        },
+        "every-query");
+  } else {
+    expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_mma; fused_attention(a); }, "sm_90a");
+  }
   expect_error([&] {
     auto a = good();
     std::vector<std::int32_t> bad(S * H, 3);

@@ -1,0 +1,444 @@
+#pragma once
+//! \file
+//! The warpgroup-level (wgmma, sm_90a) fused attention kernel (detail).
+//!
+//! \par Overview
+//! Same contract as the warp-level kernel (fused_attention_sm80.cuh): queries of one (sequence, head)
+//! row attend to its kept cache slots [0, len) and then the scale's own keys, the compacted storage
+//! read in place. A CTA is WG consumer warpgroups, each owning 64 query rows; S = Q K^T runs as
+//! `wgmma.m64nBNk16` with both operands in shared memory, O += P V as `wgmma.m64nDk16` with P taken
+//! from registers (the S accumulators, exponentiated and packed to bf16: no round trip through
+//! shared memory).
+//!
+//! \par Pipeline
+//! K and V tiles of BN keys stream through two rings of STAGES buffers by cp.async (16-byte chunks
+//! written straight into the 128-byte-swizzled canonical wgmma layout, so no TMA descriptor is needed
+//! for the ragged, two-source key range). In iteration t the warpgroup issues S_t = Q K_t^T and
+//! O += P_{t-1} V_{t-1} back to back, waits for S_t only, and runs the online softmax of tile t while
+//! the tensor cores still work on P_{t-1} V_{t-1} (FlashAttention-3's intra-warpgroup overlap).
+//! Since V_t is needed one iteration after K_t, iteration t loads K_{t+STAGES-1} and V_{t+STAGES-2}:
+//! both arrive STAGES - 1 iterations before their use, from the same shared memory as a ring of
+//! (K, V) pairs that would give K one iteration less.
+//!
+//! \par Statistics
+//! `NoStats`, or a listed-observer statistic: the observer pass runs in leading CTAs of the same
+//! launch (observer_pass, all 4 * WG warps). Every-query observers (H2O) stay on the warp-level
+//! kernel, whose items accumulate the statistic themselves.
+//!
+//! \par Availability
+//! The body exists only when the translation unit is compiled for sm_90a (`wgmma` is not part of
+//! plain sm_90); `wgmma_available()` tells the host whether the binary loaded for the current device
+//! has it, without launching anything (capture-safe).
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "varkv/attention/detail/fused_attention_common.cuh"
+#include "varkv/core/cuda_check.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define VARKV_WGMMA_DEVICE 1
+#else
+#define VARKV_WGMMA_DEVICE 0
+#endif
+
+namespace varkv::detail::fattn::sm90 {
+
+//! D: head dim (64, 128); WG: consumer warpgroups (64 query rows each); BN: keys per tile (64, 128);
+//! STAGES: depth of the K ring and of the V ring (>= 3: V_{t-1} and K_t are read while later tiles load).
+template <int D, int WG, int BN, int STAGES>
+struct Config {
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  static_assert(WG == 1 || WG == 2, "one or two consumer warpgroups");
+  static_assert(BN == 64 || BN == 128, "key tile of 64 or 128");
+  static_assert(STAGES >= 3, "the rings hold V of tile t-1, K of tile t and tiles in flight");
+  static constexpr int kThreads = 128 * WG;
+  static constexpr int kRows = 64 * WG;
+  static constexpr int kQBytes = kRows * D * 2;
+  static constexpr int kTileBytes = BN * D * 2;
+  static constexpr int kStageBytes = 2 * kTileBytes;  // one K and one V buffer
+  // + 1024: the dynamic window is aligned up to 1024 bytes in the kernel (the swizzle pattern of a
+  // wgmma operand is taken from address bits 4..9).
+  static constexpr int kSmemBytes = kQBytes + STAGES * kStageBytes + 1024;
+  // Several CTAs per SM where registers allow it (128 per thread at 2 x 256 or 4 x 128 threads).
+  static constexpr int kMinBlocks = D == 64 && BN == 64 ? 4 / WG : (WG == 1 ? 2 : 1);
+};
+
+// Element offset of (row r, 16-byte chunk c) in a tile of `rows` rows stored as D/64 blocks of 64
+// columns (128-byte rows), chunks XOR-swizzled by r mod 8: wgmma's canonical 128-byte-swizzle layout,
+// K-major for Q and K, MN-major (read transposed) for V.
+__device__ __forceinline__ int swz128(int rows, int r, int c) {
+  return (c >> 3) * rows * 64 + r * 64 + (((c & 7) ^ (r & 7)) << 3);
+}
+
+// Shared-memory matrix descriptor, 128-byte swizzle. K-major: sbo = 1024 (next 8 rows), lbo unused
+// (1). MN-major: sbo = 1024 (next 8 rows along K), lbo = stride between 64-column blocks along N.
+__device__ __forceinline__ std::uint64_t smem_desc(const void* p, std::uint32_t lbo_bytes, std::uint32_t sbo_bytes) {
+  const auto a = static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+  return std::uint64_t{(a & 0x3FFFFu) >> 4} | (std::uint64_t{(lbo_bytes & 0x3FFFFu) >> 4} << 16) |
+         (std::uint64_t{(sbo_bytes & 0x3FFFFu) >> 4} << 32) | (std::uint64_t{1} << 62);
+}
+
+#if VARKV_WGMMA_DEVICE
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// cp.async writes through the generic proxy, wgmma reads through the async proxy.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keeps the compiler from moving reads of wgmma accumulators above the wait that completes them.
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+__device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], std::uint64_t a, std::uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], std::uint64_t a, std::uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const unsigned (&a)[4], std::uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+__device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const unsigned (&a)[4], std::uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], std::uint64_t a, std::uint64_t b, int accumulate) {
+  if constexpr (N == 64) wgmma_ss_n64(d, a, b, accumulate);
+  else wgmma_ss_n128(d, a, b, accumulate);
+}
+template <int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const unsigned (&a)[4], std::uint64_t b, int accumulate) {
+  if constexpr (N == 64) wgmma_rs_n64(d, a, b, accumulate);
+  else wgmma_rs_n128(d, a, b, accumulate);
+}
+#endif  // VARKV_WGMMA_DEVICE
+
+template <int D, int WG, int BN, int STAGES, class Stats>
+__global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES>::kMinBlocks))
+    fused_attention_wgmma_kernel(const Params p, const ObserverSet obs) {
+#if VARKV_WGMMA_DEVICE
+  using C = Config<D, WG, BN, STAGES>;
+  constexpr int DT = D / 8;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t{1023});
+  if constexpr (Stats::enabled) {
+    if (static_cast<int>(blockIdx.x) < p.obs_blocks) {  // first, so they overlap the attention items
+      observer_pass<D, Stats, 4 * WG>(p, obs, blockIdx.x, smem);
+      return;
+    }
+  }
+  const int item = static_cast<int>(blockIdx.x) - p.obs_blocks;
+  const int row = item / p.q_tiles, q0 = (item % p.q_tiles) * C::kRows;
+  const int seq = row / p.H, head = row % p.H;
+  const int len_raw = p.len[row];
+  const bool bad_len = len_raw < 0 || len_raw > p.cap;
+  const int len = bad_len ? 0 : len_raw;
+  const int nk = len + p.n_new;
+  const int tiles = (nk + BN - 1) / BN;
+
+  const int tid = threadIdx.x, wg = tid >> 7, w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const bf16* qb = p.q + seq * p.q_s[0] + head * p.q_s[1];
+  const bf16* ckb = p.ck + seq * p.ck_s[0] + head * p.ck_s[1];
+  const bf16* cvb = p.cv + seq * p.cv_s[0] + head * p.cv_s[1];
+  const bf16* nkb = p.nk + seq * p.nk_s[0] + head * p.nk_s[1];
+  const bf16* nvb = p.nv + seq * p.nv_s[0] + head * p.nv_s[1];
+
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* const sK0 = reinterpret_cast<bf16*>(smem + C::kQBytes);
+  bf16* const sV0 = sK0 + STAGES * BN * D;
+  auto k_buf = [&](int t) { return sK0 + (t % STAGES) * (BN * D); };
+  auto v_buf = [&](int t) { return sV0 + (t % STAGES) * (BN * D); };
+
+  // A thread copies the same 16-byte column chunk c of rows r0, r0 + kRowStep, ... of every tile
+  // (kThreads is a multiple of D/8 and kRowStep of 8), so its swizzled offsets are fixed: only the
+  // key index and its source (cache slot below len, the scale's own key above) change per tile.
+  constexpr int kRowStep = C::kThreads / DT, kPerThread = BN / kRowStep;
+  static_assert(C::kThreads % DT == 0 && kRowStep % 8 == 0 && BN % kRowStep == 0, "copy layout");
+  const int copy_c = tid % DT, copy_r0 = tid / DT;
+  const int copy_off = swz128(BN, copy_r0, copy_c);  // + i * kRowStep * 64 for the i-th row
+  // Tile t of K (or V) into dst; keys past nk are zero-filled: P is 0 there, and 0 * garbage could be NaN.
+  auto load_kv = [&](bf16* dst, const bf16* cache_base, std::int64_t cache_stride, const bf16* new_base,
+                     std::int64_t new_stride, int t) {
+    if (t >= tiles) return;
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int j = t * BN + copy_r0 + i * kRowStep;
+      const bool ok = j < nk;
+      const bf16* src = j < len ? cache_base + j * cache_stride : new_base + (j - len) * new_stride;
+      cp_async16(dst + copy_off + i * kRowStep * 64, ok ? src + copy_c * 8 : p.q, ok);
+    }
+  };
+  auto load_k = [&](int t) { load_kv(k_buf(t), ckb, p.ck_s[2], nkb, p.nk_s[2], t); };
+  auto load_v = [&](int t) { load_kv(v_buf(t), cvb, p.cv_s[2], nvb, p.nv_s[2], t); };
+
+  if (tiles == 0) {  // a row without keys (only reachable without host lengths): NaN, like a bad length
+    for (int i = tid; i < C::kRows; i += C::kThreads) {
+      const int qi = q0 + i;
+      if (qi >= p.nq) continue;
+      bf16* orow = p.o + seq * p.o_s[0] + head * p.o_s[1] + qi * p.o_s[2];
+      for (int c = 0; c < D; ++c) orow[c] = __float2bfloat16(NAN);
+      p.lse[seq * p.lse_s[0] + head * p.lse_s[1] + qi * p.lse_s[2]] = NAN;
+    }
+    return;
+  }
+
+  for (int i = tid; i < C::kRows * DT; i += C::kThreads) {
+    const int r = i / DT, c = i % DT, qi = q0 + r;
+    const bool ok = qi < p.nq;
+    cp_async16(sQ + swz128(C::kRows, r, c), ok ? qb + qi * p.q_s[2] + c * 8 : p.q, ok);
+  }
+  // Prologue group: Q, K_0 .. K_{STAGES-2}, V_0 .. V_{STAGES-3}; then STAGES-3 empty groups, so that
+  // from iteration 1 on "the group of iteration t - STAGES + 1" is always STAGES-2 groups back.
+#pragma unroll
+  for (int t = 0; t < STAGES - 1; ++t) load_k(t);
+#pragma unroll
+  for (int t = 0; t < STAGES - 2; ++t) load_v(t);
+  cp_commit();
+#pragma unroll
+  for (int t = 0; t < STAGES - 3; ++t) cp_commit();
+
+  // This warpgroup's Q rows, k-step kk of 16 head-dim columns (32 bytes inside a 128-byte row).
+  auto q_desc = [&](int kk) {
+    return smem_desc(sQ + (kk >> 2) * C::kRows * 64 + wg * 64 * 64 + (kk & 3) * 16, 16, 1024);
+  };
+  auto k_desc = [&](const bf16* k, int kk) { return smem_desc(k + (kk >> 2) * BN * 64 + (kk & 3) * 16, 16, 1024); };
+  auto v_desc = [&](const bf16* v, int kk) { return smem_desc(v + kk * 16 * 64, BN * 128, 1024); };
+
+  float o[D / 2], s[BN / 2];
+  unsigned pa[BN / 16][4];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+  auto issue_qk = [&](const bf16* kt) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<BN>(s, q_desc(kk), k_desc(kt, kk), kk > 0);
+  };
+  auto issue_pv = [&](const bf16* vt) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D>(o, pa[kk], v_desc(vt, kk), 1);
+  };
+  // Online softmax of tile t in the log2 domain, in place (s becomes exp2(s - m)); returns the
+  // factor the running O must be scaled by. Accumulator element i: key column 8 (i / 4) + 2 tq +
+  // (i & 1), row g + 8 ((i >> 1) & 1) of the warp's 16.
+  auto softmax = [&](int t, float (&alpha)[2]) {
+    if ((t + 1) * BN > nk) {  // only the last tile has keys past nk
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i)
+        if (t * BN + (i >> 2) * 8 + 2 * tq + (i & 1) >= nk) s[i] = -INFINITY;
+    }
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      const float x = s[i] * p.scale_log2;
+      s[i] = x;
+      mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], x);
+    }
+    float sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+      const float ref = mx[h] == -INFINITY ? 0.f : mx[h];
+      alpha[h] = exp2f(m[h] - ref);  // exp2(-inf) = 0 on the first tile
+      m[h] = mx[h];
+      mx[h] = ref;
+    }
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      const float pe = exp2f(s[i] - mx[(i >> 1) & 1]);
+      s[i] = pe;
+      sum[(i >> 1) & 1] += pe;
+    }
+    l[0] = l[0] * alpha[0] + sum[0];
+    l[1] = l[1] * alpha[1] + sum[1];
+  };
+  // P (bf16) as the A operand of O += P V: k-step kk covers key columns 16 kk .. 16 kk + 15.
+  auto pack_p = [&] {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  };
+
+  // Tile 0: S only.
+  cp_wait<STAGES - 3>();
+  fence_proxy_async();
+  __syncthreads();
+  load_k(STAGES - 1);
+  load_v(STAGES - 2);
+  cp_commit();
+  wgmma_fence();
+  issue_qk(k_buf(0));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(s);
+  {
+    float alpha[2];
+    softmax(0, alpha);
+  }
+  pack_p();
+  for (int t = 1; t < tiles; ++t) {
+    cp_wait<STAGES - 2>();  // K_t and V_{t-1} landed (later groups may still be loading)
+    fence_proxy_async();
+    __syncthreads();  // ... and are visible to every warpgroup; all are done with K_{t-1} and V_{t-2}
+    load_k(t + STAGES - 1);  // into K_{t-1}'s buffer
+    load_v(t + STAGES - 2);  // into V_{t-2}'s buffer
+    cp_commit();
+    wgmma_fence();
+    issue_qk(k_buf(t));
+    wgmma_commit();
+    issue_pv(v_buf(t - 1));
+    wgmma_commit();
+    wgmma_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run under the softmax below
+    fence_regs(s);
+    float alpha[2];
+    softmax(t, alpha);
+    wgmma_wait<0>();
+    fence_regs(o);
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
+    pack_p();
+  }
+  wgmma_fence();
+  issue_pv(v_buf(tiles - 1));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(o);
+  cp_wait<0>();  // empty groups of tiles past the end: nothing may be in flight at exit
+
+  // Epilogue: O / l in bf16, LSE in natural log.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float lh = l[h];
+    lh += __shfl_xor_sync(0xffffffffu, lh, 1);
+    lh += __shfl_xor_sync(0xffffffffu, lh, 2);
+    const int qi = q0 + wg * 64 + w4 * 16 + g + 8 * h;
+    if (qi >= p.nq) continue;
+    const float inv = bad_len ? NAN : 1.f / lh;
+    bf16* orow = p.o + seq * p.o_s[0] + head * p.o_s[1] + qi * p.o_s[2];
+#pragma unroll
+    for (int c = 0; c < D / 8; ++c)
+      *reinterpret_cast<__nv_bfloat162*>(orow + c * 8 + 2 * tq) =
+          __floats2bfloat162_rn(o[4 * c + 2 * h] * inv, o[4 * c + 2 * h + 1] * inv);
+    if (tq == 0)
+      p.lse[seq * p.lse_s[0] + head * p.lse_s[1] + qi * p.lse_s[2]] =
+          bad_len ? NAN : (m[h] + __log2f(lh)) * 0.6931471805599453f;
+  }
+#else
+  (void)p;
+  (void)obs;
+  __trap();  // not compiled for sm_90a: the host never launches this (wgmma_available)
+#endif
+}
+
+// Its static shared-memory size tells the host which binary the device loaded: 1024 bytes only
+// where the translation unit was compiled for sm_90a (4 otherwise); every element is touched so that
+// no compiler can shrink the array.
+template <int Unused = 0>  // a template: defined in every translation unit that includes this header
+__global__ void wgmma_probe_kernel(int* out) {
+  constexpr int kInts = VARKV_WGMMA_DEVICE ? 256 : 1;
+  __shared__ volatile int marker[kInts];
+  marker[threadIdx.x % kInts] = 1;
+  if (out) *out = marker[(threadIdx.x + 1) % kInts];
+}
+
+//! What the host found out about the warpgroup kernel on the current device.
+struct WgmmaProbe {
+  bool available = false;
+  int cc_major = 0, cc_minor = 0;
+  cudaError_t attributes_error = cudaSuccess;  //!< of cudaFuncGetAttributes on the probe kernel
+  std::size_t probe_static_smem = 0;           //!< 1024 where the loaded binary has sm_90a code
+  int binary_version = 0;
+  int kernel_registers = 0;  //!< of one warpgroup-kernel instantiation: > 64 where its body exists
+};
+
+inline WgmmaProbe probe_wgmma() {
+  WgmmaProbe r;
+  int dev = 0;
+  VARKV_CUDA_CHECK(cudaGetDevice(&dev));
+  VARKV_CUDA_CHECK(cudaDeviceGetAttribute(&r.cc_major, cudaDevAttrComputeCapabilityMajor, dev));
+  VARKV_CUDA_CHECK(cudaDeviceGetAttribute(&r.cc_minor, cudaDevAttrComputeCapabilityMinor, dev));
+  cudaFuncAttributes fa{};
+  r.attributes_error = cudaFuncGetAttributes(&fa, wgmma_probe_kernel<>);
+  if (r.attributes_error != cudaSuccess) {
+    (void)cudaGetLastError();
+  } else {
+    r.probe_static_smem = fa.sharedSizeBytes;
+    r.binary_version = fa.binaryVersion;
+  }
+  // Second witness: without sm_90a code the kernel body is a trap and needs a handful of registers.
+  cudaFuncAttributes ka{};
+  if (cudaFuncGetAttributes(&ka, fused_attention_wgmma_kernel<64, 2, 64, 4, NoStats>) == cudaSuccess)
+    r.kernel_registers = ka.numRegs;
+  else
+    (void)cudaGetLastError();
+  r.available = r.cc_major == 9 && r.cc_minor == 0 &&
+                ((r.attributes_error == cudaSuccess && r.probe_static_smem >= 1024) || r.kernel_registers > 64);
+  return r;
+}
+
+//! True when the current device is sm_90 and the binary loaded for it has the wgmma kernel (its
+//! translation unit was compiled for sm_90a). No launch, no synchronisation: safe inside a capture.
+//! Cached per device.
+inline bool wgmma_available() {
+  int dev = 0;
+  VARKV_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::atomic<int> known[64];  // 0 unknown, 1 no, 2 yes
+  if (dev >= 0 && dev < 64) {
+    if (const int k = known[dev].load(std::memory_order_relaxed)) return k == 2;
+  }
+  const bool ok = probe_wgmma().available;
+  if (dev >= 0 && dev < 64) known[dev].store(ok ? 2 : 1, std::memory_order_relaxed);
+  return ok;
+}
+
+template <int D, int WG, int BN, int STAGES, class Stats>
+void launch(Params p, const ObserverSet& obs, cudaStream_t stream) {
+  using C = Config<D, WG, BN, STAGES>;
+  auto kernel = fused_attention_wgmma_kernel<D, WG, BN, STAGES, Stats>;
+  constexpr int smem = Stats::enabled ? std::max(C::kSmemBytes, kObserverSmemBytes<D, 4 * WG> + 1024) : C::kSmemBytes;
+  static const bool attr = [&] {
+    VARKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    return true;
+  }();
+  (void)attr;
+  p.q_tiles = (p.nq + C::kRows - 1) / C::kRows;
+  p.total_items = p.S * p.H * p.q_tiles;
+  p.obs_blocks = Stats::enabled ? p.S * p.H : 0;
+  kernel<<<p.obs_blocks + p.total_items, C::kThreads, smem, stream>>>(p, obs);
+  VARKV_CUDA_CHECK_LAUNCH("fused_attention_wgmma_kernel");
+}
+
+}  // namespace varkv::detail::fattn::sm90
