@@ -75,6 +75,28 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const unsigned*>(&v);
 }
 
+// One (sequence, head) row of a launch: its cache length (a length outside 0..cap counts as 0 and
+// flags the row, whose outputs are then NaN), its key count and the bases of its Q, cached K/V and
+// new K/V rows. Both kernels start from it.
+struct RowOperands {
+  int seq, head, len, nk;
+  bool bad_len;
+  const bf16 *q, *ck, *cv, *nk_base, *nv_base;
+  __device__ __forceinline__ RowOperands(const Params& p, int row) {
+    seq = row / p.H;
+    head = row % p.H;
+    const int len_raw = p.len[row];
+    bad_len = len_raw < 0 || len_raw > p.cap;
+    len = bad_len ? 0 : len_raw;
+    nk = len + p.n_new;
+    q = p.q + seq * p.q_s[0] + head * p.q_s[1];
+    ck = p.ck + seq * p.ck_s[0] + head * p.ck_s[1];
+    cv = p.cv + seq * p.cv_s[0] + head * p.cv_s[1];
+    nk_base = p.nk + seq * p.nk_s[0] + head * p.nk_s[1];
+    nv_base = p.nv + seq * p.nv_s[0] + head * p.nv_s[1];
+  }
+};
+
 // Sums one key column's statistic over the 8 row groups of an mma fragment (lanes differing in bits
 // 2..4) and adds it to key_stat once per column. Key j < len is cache slot j; later keys are the new
 // scale's, stored after the cache capacity (the reference's key index space).

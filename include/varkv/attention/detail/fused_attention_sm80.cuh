@@ -60,18 +60,12 @@ __global__ void __launch_bounds__(128) fused_attention_kernel(const Params p, co
   bf16* sV = sK + N * D;
 
   const int row = item / p.q_tiles, q0 = (item % p.q_tiles) * C::kRows;
-  const int seq = row / p.H, head = row % p.H;
-  const int len_raw = p.len[row];
-  const bool bad_len = len_raw < 0 || len_raw > p.cap;
-  const int len = bad_len ? 0 : len_raw;
-  const int nk = len + p.n_new;
+  const RowOperands ro(p, row);
+  const int seq = ro.seq, head = ro.head, len = ro.len, nk = ro.nk;
+  const bool bad_len = ro.bad_len;
   const int tiles = (nk + N - 1) / N;
 
-  const bf16* qb = p.q + seq * p.q_s[0] + head * p.q_s[1];
-  const bf16* ckb = p.ck + seq * p.ck_s[0] + head * p.ck_s[1];
-  const bf16* cvb = p.cv + seq * p.cv_s[0] + head * p.cv_s[1];
-  const bf16* nkb = p.nk + seq * p.nk_s[0] + head * p.nk_s[1];
-  const bf16* nvb = p.nv + seq * p.nv_s[0] + head * p.nv_s[1];
+  const bf16 *qb = ro.q, *ckb = ro.ck, *cvb = ro.cv, *nkb = ro.nk_base, *nvb = ro.nv_base;
 
   // Loads key/value tile t (rows past nk are zero-filled: P is 0 there, and 0 * garbage could be NaN).
   auto load_kv = [&](bf16* dst, const bf16* cache_base, std::int64_t cache_stride, const bf16* new_base,

@@ -155,19 +155,13 @@ __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES>::kMinBloc
   }
   const int item = static_cast<int>(blockIdx.x) - p.obs_blocks;
   const int row = item / p.q_tiles, q0 = (item % p.q_tiles) * C::kRows;
-  const int seq = row / p.H, head = row % p.H;
-  const int len_raw = p.len[row];
-  const bool bad_len = len_raw < 0 || len_raw > p.cap;
-  const int len = bad_len ? 0 : len_raw;
-  const int nk = len + p.n_new;
+  const RowOperands ro(p, row);
+  const int seq = ro.seq, head = ro.head, len = ro.len, nk = ro.nk;
+  const bool bad_len = ro.bad_len;
   const int tiles = (nk + BN - 1) / BN;
 
   const int tid = threadIdx.x, wg = tid >> 7, w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, tq = lane & 3;
-  const bf16* qb = p.q + seq * p.q_s[0] + head * p.q_s[1];
-  const bf16* ckb = p.ck + seq * p.ck_s[0] + head * p.ck_s[1];
-  const bf16* cvb = p.cv + seq * p.cv_s[0] + head * p.cv_s[1];
-  const bf16* nkb = p.nk + seq * p.nk_s[0] + head * p.nk_s[1];
-  const bf16* nvb = p.nv + seq * p.nv_s[0] + head * p.nv_s[1];
+  const bf16 *qb = ro.q, *ckb = ro.ck, *cvb = ro.cv, *nkb = ro.nk_base, *nvb = ro.nv_base;
 
   bf16* sQ = reinterpret_cast<bf16*>(smem);
   bf16* const sK0 = reinterpret_cast<bf16*>(smem + C::kQBytes);
