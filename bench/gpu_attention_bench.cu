@@ -143,7 +143,8 @@ void BM_attention(benchmark::State& state, ModelGeometry geo, std::string sched_
   a.rows_per_item = rows;
   a.kernel = kernel;
   a.key_tile = key_tile;
-  if (kernel == AttentionKernel::warpgroup_mma && !fused_attention_has_warpgroup_kernel()) {
+  if ((kernel == AttentionKernel::warpgroup_mma || kernel == AttentionKernel::warpgroup_resident_kv) &&
+      !fused_attention_has_warpgroup_kernel()) {
     state.SkipWithError("the warpgroup kernel needs an sm_90 GPU and an sm_90a build");
     return;
   }
@@ -357,7 +358,8 @@ void register_all() {
                              (kernel == AttentionKernel::warp_mma ? "/warp"
                               : kernel == AttentionKernel::warpgroup_mma
                                   ? "/wgmma" + (key_tile ? "-k" + std::to_string(key_tile) : std::string())
-                                  : "");
+                              : kernel == AttentionKernel::warpgroup_resident_kv ? "/wgmma-resident"
+                                                                                 : "");
     benchmark::RegisterBenchmark(name.c_str(), BM_attention, g, sched, images, scale, budget, stat, rows, kernel,
                                  key_tile)
         ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
@@ -380,6 +382,13 @@ void register_all() {
   for (int s = 7; s < 10; ++s)
     for (double budget : {1.0, 0.1})
       reg_attn(geometries::var_d30(), var, 64, s, budget, StatMode::none, 64, AttentionKernel::warpgroup_mma);
+  // The resident-KV kernel on every step whose keys fit (VAR's 10% steps; full cache up to 10x10).
+  for (const auto& g : {geometries::var_d16(), geometries::var_d30()})
+    for (int images : {1, 16, 64})
+      for (int s = 4; s < 10; ++s)
+        for (double budget : {1.0, 0.1})
+          if (budget < 1.0 || s <= 7)
+            reg_attn(g, var, images, s, budget, StatMode::none, 0, AttentionKernel::warpgroup_resident_kv);
   for (int s : {10, 11, 12})
     for (double budget : {1.0, 0.1}) {
       reg_attn(geometries::infinity_2b(), inf, 4, s, budget, StatMode::none, 64, AttentionKernel::warpgroup_mma);

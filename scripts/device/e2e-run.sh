@@ -9,7 +9,8 @@
 #   VARKV_GTEST_FILTER=GLOB      gtest filter of varkv_gpu_tests (default: all)
 #   VARKV_SANITIZE_FILTER=GLOB   compute-sanitizer memcheck and racecheck on that filter
 #   VARKV_ATTN_FILTER=REGEX      run varkv_bench_gpu_attention with this benchmark filter ("." = all), then
-#                                bench/peers/sdpa_peer.py with its JSON (--ours); VARKV_SDPA_ARGS adds arguments
+#                                bench/peers/sdpa_peer.py with its JSON (--ours); VARKV_SDPA_ARGS adds arguments,
+#                                VARKV_SKIP_SDPA=1 skips the peer
 #   VARKV_E2E_ARGS="..."         arguments of varkv_bench_e2e_generation (default: none = full plan)
 #   VARKV_PEER_ARGS="..."        arguments of bench/peers/var_torch_peer.py; VARKV_SKIP_PEER=1 skips it
 #   VARKV_SKIP_E2E=1             tests only
@@ -51,7 +52,7 @@ if [ -n "${VARKV_ATTN_FILTER:-}" ] && [ -x "$BIN/varkv_bench_gpu_attention" ]; t
   "$BIN/varkv_bench_gpu_attention" --benchmark_filter="$VARKV_ATTN_FILTER" --benchmark_out="$OUT/attention.json" \
     --benchmark_out_format=json >"$LOG/attention.txt" 2>&1
   echo "attention bench: exit $?"; grep -E "^attn|^select|^step|GPU " "$LOG/attention.txt" | head -150
-  if python3 -c 'import torch' 2>/dev/null; then
+  if [ -z "${VARKV_SKIP_SDPA:-}" ] && python3 -c 'import torch' 2>/dev/null; then
     PYTHONUNBUFFERED=1 python3 bench/peers/sdpa_peer.py --out "$OUT/sdpa_peer.json" --ours "$OUT/attention.json" \
       ${VARKV_SDPA_ARGS:-} >"$LOG/sdpa_peer.txt" 2>&1
     echo "sdpa peer: exit $?"; tail -25 "$LOG/sdpa_peer.txt"

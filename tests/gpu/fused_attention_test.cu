@@ -44,6 +44,8 @@ struct Case {
   int rows = 0;            // forced rows_per_item (0: automatic)
   AttentionKernel kernel = AttentionKernel::automatic;
   int key_tile = 0;        // warpgroup kernel's keys per tile (0: automatic)
+  int cap = 0;             // cache capacity (0: the full cache of the scale)
+  int new_keys = 0;        // the scale's own keys (0: n_q, as in VAR)
 };
 
 std::string name(const Case& c) {
@@ -52,10 +54,12 @@ std::string name(const Case& c) {
          " d" + std::to_string(c.d) + " budget " + std::to_string(c.budget) + " stat " +
          st[static_cast<int>(c.stat)] + (c.obs == ObsKind::every ? " all-observers" : " window-observers") +
          (c.var_style ? " var-style" : "") + (c.rows ? " rows " + std::to_string(c.rows) : "") +
-         (c.kernel == AttentionKernel::warpgroup_mma ? " warpgroup-kernel"
-          : c.kernel == AttentionKernel::warp_mma    ? " warp-kernel"
-                                                     : "") +
-         (c.key_tile ? " key-tile " + std::to_string(c.key_tile) : "");
+         (c.kernel == AttentionKernel::warpgroup_mma           ? " warpgroup-kernel"
+          : c.kernel == AttentionKernel::warpgroup_resident_kv ? " resident-kv-kernel"
+          : c.kernel == AttentionKernel::warp_mma              ? " warp-kernel"
+                                                               : "") +
+         (c.key_tile ? " key-tile " + std::to_string(c.key_tile) : "") +
+         (c.cap ? " cap " + std::to_string(c.cap) : "") + (c.new_keys ? " n_new " + std::to_string(c.new_keys) : "");
 }
 
 float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
@@ -90,9 +94,9 @@ Errors run_case(const Case& c, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   const auto sched = schedules::by_name(c.schedule);
   const int S = c.S, H = c.H, d = c.d;
-  const int nq = static_cast<int>(sched.tokens(c.scale)), n_new = nq;
+  const int nq = static_cast<int>(sched.tokens(c.scale)), n_new = c.new_keys ? c.new_keys : nq;
   const int full = static_cast<int>(sched.begin(c.scale));
-  const int cap = full;
+  const int cap = c.cap ? c.cap : full;
   // Ragged lengths around budget * full (clamped to 0..cap); every row needs a key: n_new >= 1 always.
   std::vector<std::int32_t> len(static_cast<std::size_t>(S * H));
   const int base = static_cast<int>(std::lround(c.budget * full));
@@ -394,6 +398,43 @@ TEST(FusedAttention, WarpgroupKernelEveryConfiguration) {
   run_all(cases);
 }
 
+// The resident-KV warpgroup kernel (the row's K/V loaded once into shared memory, 64-row query tiles
+// of the CTA run over it): every VAR-256 step whose keys fit (cap + n_new <= 320), budgets 0 / 5% /
+// 10% (ragged) and the full cache up to 10x10, with and without listed-observer statistics. Few
+// rows split a row's query tiles over CTAs (one tile per warpgroup); 288 rows keep a row in one CTA,
+// so a warpgroup runs 2 (16x16) or 4 (400 queries over 64 new keys) query tiles over the resident
+// K/V, its next Q copied while it computes.
+TEST(FusedAttention, WarpgroupResidentKvKernel) {
+  if (!fused_attention_has_warpgroup_kernel()) GTEST_SKIP() << "the resident-KV kernel needs an sm_90 GPU and an sm_90a build";
+  std::vector<Case> cases;
+  int i = 0;
+  for (int s : {0, 2, 4, 6, 7, 8, 9})
+    for (double b : kBudgets) {
+      if (b == 1.0 && s > 7) continue;  // the full cache of 13x13 and 16x16 does not fit
+      Case c{.schedule = "var-256", .scale = s, .S = 2, .H = 3, .d = 64, .budget = b};
+      if (s >= 8) c.cap = 64;  // 10% of 424 or 680 kept slots, ragged: at most ~47 (+ 256 new keys <= 320)
+      c.stat = kStats[i % 3];
+      c.var_style = (i % 2 == 1);
+      c.kernel = AttentionKernel::warpgroup_resident_kv;
+      cases.push_back(c);
+      ++i;
+    }
+  for (int s : {8, 9}) {
+    Case c{.schedule = "var-256", .scale = s, .S = 8, .H = 36, .d = 64, .budget = 0.1, .cap = 64};
+    c.stat = s == 9 ? StatKind::probability_mass : StatKind::none;
+    c.kernel = AttentionKernel::warpgroup_resident_kv;
+    cases.push_back(c);
+  }
+  {
+    Case c{.schedule = "infinity-1024", .scale = 8, .S = 8, .H = 36, .d = 64, .budget = 0.05, .cap = 128};
+    c.new_keys = 64;
+    c.var_style = true;
+    c.kernel = AttentionKernel::warpgroup_resident_kv;
+    cases.push_back(c);
+  }
+  run_all(cases);
+}
+
 // The launcher refuses what the kernel cannot handle, naming the argument.
 TEST(FusedAttention, LauncherRejectsBadArguments) {
   const int S = 2, H = 2, nq = 4, d = 64, cap = 8, n_new = 4;
@@ -449,6 +490,22 @@ TEST(FusedAttention, LauncherRejectsBadArguments) {
           fused_attention<ObserverProbabilityMass>(a);
         },
         "every-query");
+    DeviceLayerCache<bf16> big(S, H, d, kResidentKvMaxKeys);
+    expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_resident_kv; a.cache = big.view(); fused_attention(a); },
+                 "holds at most 320 keys; cache capacity 320 + n_new 4");
+    expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_resident_kv; a.rows_per_item = 64; fused_attention(a); },
+                 "do not apply to the resident-KV kernel");
+    {
+      DeviceLayerCache<bf16> c128(S, H, 128, cap);
+      DeviceBuffer<bf16> q128(S * H * nq * 128), k128(S * H * n_new * 128), o128(S * H * nq * 128);
+      auto a = good();
+      a.kernel = AttentionKernel::warpgroup_resident_kv;
+      a.q = make_view<4, const bf16>("q", q128.data(), {S, H, nq, 128});
+      a.cache = c128.view();
+      a.new_k = a.new_v = make_view<4, const bf16>("k", k128.data(), {S, H, n_new, 128});
+      a.out = make_view<4>("o", o128.data(), {S, H, nq, 128});
+      expect_error([&] { fused_attention(a); }, "resident-KV kernel takes head_dim 64, got 128");
+    }
   } else {
     expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_mma; fused_attention(a); }, "sm_90a");
   }

@@ -59,6 +59,7 @@
 #include "varkv/attention/detail/fused_attention_common.cuh"
 #include "varkv/attention/detail/fused_attention_sm80.cuh"
 #include "varkv/attention/detail/fused_attention_sm90.cuh"
+#include "varkv/attention/detail/fused_attention_sm90_resident.cuh"
 #include "varkv/cache/device_layer_cache.cuh"
 #include "varkv/core/cuda_check.cuh"
 #include "varkv/core/error.hpp"
@@ -73,7 +74,13 @@ enum class AttentionKernel {
   automatic,      //!< warpgroup kernel where it can run and n_q > 64, else the warp kernel
   warp_mma,       //!< mma.sync kernel: any sm_80+ GPU, every statistic; `rows_per_item` applies
   warpgroup_mma,  //!< wgmma kernel: sm_90 GPU and an sm_90a build; no statistic or listed observers
+  //! wgmma kernel with the row's K/V loaded once and kept in shared memory while the CTA's query
+  //! tiles run over it: as warpgroup_mma, and head dim 64 with cap + n_new <= 320 keys
+  warpgroup_resident_kv,
 };
+
+//! Most keys (cache capacity + new keys) that the resident-KV kernel holds in shared memory.
+inline constexpr int kResidentKvMaxKeys = detail::fattn::sm90::ResidentConfig<64, 5>::kKeys;
 
 //! Arguments of one fused attention launch (all pointers are device memory).
 struct FusedAttentionArgs {
@@ -169,6 +176,19 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
     require(detail::fattn::sm90::wgmma_available(),
             "fused attention: kernel = warpgroup_mma needs an sm_90 GPU and code compiled for sm_90a");
   }
+  if (a.kernel == AttentionKernel::warpgroup_resident_kv) {
+    require(d == 64, "fused attention: the resident-KV kernel takes head_dim 64, got {}", d);
+    require(cap + n_new <= kResidentKvMaxKeys,
+            "fused attention: the resident-KV kernel holds at most {} keys; cache capacity {} + n_new {} = {}",
+            kResidentKvMaxKeys, cap, n_new, cap + n_new);
+    require(a.rows_per_item == 0 && a.key_tile == 0,
+            "fused attention: rows_per_item ({}) and key_tile ({}) do not apply to the resident-KV kernel",
+            a.rows_per_item, a.key_tile);
+    require(!every_query_stat,
+            "fused attention: the resident-KV kernel has no every-query statistic (H2O); use the warp kernel");
+    require(detail::fattn::sm90::wgmma_available(),
+            "fused attention: kernel = warpgroup_resident_kv needs an sm_90 GPU and code compiled for sm_90a");
+  }
   if (a.kernel == AttentionKernel::warp_mma)
     require(a.key_tile == 0, "fused attention: key_tile ({}) applies to the warpgroup kernel only", a.key_tile);
   if (!a.host_lengths.empty()) {
@@ -215,6 +235,10 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
     p.key_stat = a.key_stat.data();
     detail::fattn::fill_strides(p.ks_s, a.key_stat);
     VARKV_CUDA_CHECK(cudaMemsetAsync(a.key_stat.data(), 0, a.key_stat.size() * sizeof(float), stream));
+  }
+  if (a.kernel == AttentionKernel::warpgroup_resident_kv) {
+    detail::fattn::sm90::launch_resident<64, 5, Stats>(p, a.observers, stream);
+    return;
   }
   const bool warpgroup =
       a.kernel == AttentionKernel::warpgroup_mma ||

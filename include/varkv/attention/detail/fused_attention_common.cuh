@@ -33,6 +33,7 @@ struct Params {
   float* key_stat; std::int64_t ks_s[3];
   int S, H, nq, cap, n_new;
   int q_tiles;      // work items per (sequence, head) row
+  int item_q_tiles; // 64-row query tiles per work item (resident-KV warpgroup kernel only)
   int total_items;
   int obs_blocks;   // leading CTAs of the observer pass (listed observers), else 0
   float scale;      // softmax scale

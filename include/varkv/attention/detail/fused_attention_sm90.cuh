@@ -138,6 +138,169 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const unsigned (&a)[
 }
 #endif  // VARKV_WGMMA_DEVICE
 
+#if VARKV_WGMMA_DEVICE
+// K tile (BN keys, swizzled, K-major) k-step kk; V tile (read transposed, MN-major) k-step kk.
+template <int BN>
+__device__ __forceinline__ std::uint64_t k_tile_desc(const bf16* k, int kk) {
+  return smem_desc(k + (kk >> 2) * BN * 64 + (kk & 3) * 16, 16, 1024);
+}
+template <int BN>
+__device__ __forceinline__ std::uint64_t v_tile_desc(const bf16* v, int kk) {
+  return smem_desc(v + kk * 16 * 64, BN * 128, 1024);
+}
+
+//! One warpgroup's 64 query rows of one (sequence, head) row on their way through the row's key
+//! tiles: the S and O accumulators, the online-softmax state and P packed as the A operand of
+//! O += P V. Both warpgroup kernels run it; they differ only in where the tiles come from
+//! (`before_tile` waits for / issues their copies).
+//!
+//! Accumulator element i of S: key column 8 (i / 4) + 2 tq + (i & 1), row g + 8 ((i >> 1) & 1) of
+//! the warp's 16 (g = lane / 4, tq = lane % 4).
+template <int D, int BN>
+struct WarpgroupRows {
+  float o[D / 2], s[BN / 2];
+  unsigned pa[BN / 16][4];
+  float m[2], l[2];
+
+  //! Runs all `tiles` key tiles (nk keys; columns past nk are masked). q_desc(kk): the Q operand's
+  //! descriptor for k-step kk; k_buf(t), v_buf(t): tile t in shared memory; before_tile(t) runs
+  //! before tile t's S is issued (and before V_{t-1} is read).
+  template <class QDesc, class KBuf, class VBuf, class BeforeTile>
+  __device__ __forceinline__ void attend(int tiles, int nk, float scale_log2, int tq, QDesc q_desc, KBuf k_buf,
+                                         VBuf v_buf, BeforeTile before_tile) {
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.f;
+    before_tile(0);
+    wgmma_fence();
+    issue_qk(q_desc, k_buf(0));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(s);
+    {
+      float alpha[2];
+      softmax(0, nk, scale_log2, tq, alpha);
+    }
+    pack_p();
+    for (int t = 1; t < tiles; ++t) {
+      before_tile(t);
+      wgmma_fence();
+      issue_qk(q_desc, k_buf(t));
+      wgmma_commit();
+      issue_pv(v_buf(t - 1));
+      wgmma_commit();
+      wgmma_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run under the softmax below
+      fence_regs(s);
+      float alpha[2];
+      softmax(t, nk, scale_log2, tq, alpha);
+      wgmma_wait<0>();
+      fence_regs(o);
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
+      pack_p();
+    }
+    wgmma_fence();
+    issue_pv(v_buf(tiles - 1));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+  }
+
+  //! O / l in bf16 and the LSE in natural log for query rows row0 + g and row0 + g + 8 (row0: the
+  //! warp's first of 16); rows at or past n_q are skipped.
+  __device__ __forceinline__ void store(const Params& p, int seq, int head, int row0, bool bad_len, int g, int tq) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float lh = l[h];
+      lh += __shfl_xor_sync(0xffffffffu, lh, 1);
+      lh += __shfl_xor_sync(0xffffffffu, lh, 2);
+      const int qi = row0 + g + 8 * h;
+      if (qi >= p.nq) continue;
+      const float inv = bad_len ? NAN : 1.f / lh;
+      bf16* orow = p.o + seq * p.o_s[0] + head * p.o_s[1] + qi * p.o_s[2];
+#pragma unroll
+      for (int c = 0; c < D / 8; ++c)
+        *reinterpret_cast<__nv_bfloat162*>(orow + c * 8 + 2 * tq) =
+            __floats2bfloat162_rn(o[4 * c + 2 * h] * inv, o[4 * c + 2 * h + 1] * inv);
+      if (tq == 0)
+        p.lse[seq * p.lse_s[0] + head * p.lse_s[1] + qi * p.lse_s[2]] =
+            bad_len ? NAN : (m[h] + __log2f(lh)) * 0.6931471805599453f;
+    }
+  }
+
+ private:
+  template <class QDesc>
+  __device__ __forceinline__ void issue_qk(QDesc q_desc, const bf16* kt) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<BN>(s, q_desc(kk), k_tile_desc<BN>(kt, kk), kk > 0);
+  }
+  __device__ __forceinline__ void issue_pv(const bf16* vt) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D>(o, pa[kk], v_tile_desc<BN>(vt, kk), 1);
+  }
+  // Online softmax of tile t in the log2 domain, in place (s becomes exp2(s - m)); alpha: the factor
+  // the running O must be scaled by.
+  __device__ __forceinline__ void softmax(int t, int nk, float scale_log2, int tq, float (&alpha)[2]) {
+    if ((t + 1) * BN > nk) {  // only the last tile has keys past nk
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i)
+        if (t * BN + (i >> 2) * 8 + 2 * tq + (i & 1) >= nk) s[i] = -INFINITY;
+    }
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      const float x = s[i] * scale_log2;
+      s[i] = x;
+      mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], x);
+    }
+    float sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+      const float ref = mx[h] == -INFINITY ? 0.f : mx[h];
+      alpha[h] = exp2f(m[h] - ref);  // exp2(-inf) = 0 on the first tile
+      m[h] = mx[h];
+      mx[h] = ref;
+    }
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      const float pe = exp2f(s[i] - mx[(i >> 1) & 1]);
+      s[i] = pe;
+      sum[(i >> 1) & 1] += pe;
+    }
+    l[0] = l[0] * alpha[0] + sum[0];
+    l[1] = l[1] * alpha[1] + sum[1];
+  }
+  // P (bf16) as the A operand of O += P V: k-step kk covers key columns 16 kk .. 16 kk + 15.
+  __device__ __forceinline__ void pack_p() {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  }
+};
+#endif  // VARKV_WGMMA_DEVICE
+
+// A row without keys (only reachable without host lengths): NaN outputs for query rows
+// q0 .. q0 + rows - 1, like a bad length.
+template <int D>
+__device__ __forceinline__ void write_nan_rows(const Params& p, int seq, int head, int q0, int rows) {
+  for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+    const int qi = q0 + i;
+    if (qi >= p.nq) continue;
+    bf16* orow = p.o + seq * p.o_s[0] + head * p.o_s[1] + qi * p.o_s[2];
+    for (int c = 0; c < D; ++c) orow[c] = __float2bfloat16(NAN);
+    p.lse[seq * p.lse_s[0] + head * p.lse_s[1] + qi * p.lse_s[2]] = NAN;
+  }
+}
+
 template <int D, int WG, int BN, int STAGES, class Stats>
 __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES>::kMinBlocks))
     fused_attention_wgmma_kernel(const Params p, const ObserverSet obs) {
@@ -156,8 +319,7 @@ __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES>::kMinBloc
   const int item = static_cast<int>(blockIdx.x) - p.obs_blocks;
   const int row = item / p.q_tiles, q0 = (item % p.q_tiles) * C::kRows;
   const RowOperands ro(p, row);
-  const int seq = ro.seq, head = ro.head, len = ro.len, nk = ro.nk;
-  const bool bad_len = ro.bad_len;
+  const int len = ro.len, nk = ro.nk;
   const int tiles = (nk + BN - 1) / BN;
 
   const int tid = threadIdx.x, wg = tid >> 7, w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, tq = lane & 3;
@@ -191,14 +353,8 @@ __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES>::kMinBloc
   auto load_k = [&](int t) { load_kv(k_buf(t), ckb, p.ck_s[2], nkb, p.nk_s[2], t); };
   auto load_v = [&](int t) { load_kv(v_buf(t), cvb, p.cv_s[2], nvb, p.nv_s[2], t); };
 
-  if (tiles == 0) {  // a row without keys (only reachable without host lengths): NaN, like a bad length
-    for (int i = tid; i < C::kRows; i += C::kThreads) {
-      const int qi = q0 + i;
-      if (qi >= p.nq) continue;
-      bf16* orow = p.o + seq * p.o_s[0] + head * p.o_s[1] + qi * p.o_s[2];
-      for (int c = 0; c < D; ++c) orow[c] = __float2bfloat16(NAN);
-      p.lse[seq * p.lse_s[0] + head * p.lse_s[1] + qi * p.lse_s[2]] = NAN;
-    }
+  if (tiles == 0) {
+    write_nan_rows<D>(p, ro.seq, ro.head, q0, C::kRows);
     return;
   }
 
@@ -221,135 +377,21 @@ __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES>::kMinBloc
   auto q_desc = [&](int kk) {
     return smem_desc(sQ + (kk >> 2) * C::kRows * 64 + wg * 64 * 64 + (kk & 3) * 16, 16, 1024);
   };
-  auto k_desc = [&](const bf16* k, int kk) { return smem_desc(k + (kk >> 2) * BN * 64 + (kk & 3) * 16, 16, 1024); };
-  auto v_desc = [&](const bf16* v, int kk) { return smem_desc(v + kk * 16 * 64, BN * 128, 1024); };
-
-  float o[D / 2], s[BN / 2];
-  unsigned pa[BN / 16][4];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-#pragma unroll
-  for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-
-  auto issue_qk = [&](const bf16* kt) {
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<BN>(s, q_desc(kk), k_desc(kt, kk), kk > 0);
-  };
-  auto issue_pv = [&](const bf16* vt) {
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D>(o, pa[kk], v_desc(vt, kk), 1);
-  };
-  // Online softmax of tile t in the log2 domain, in place (s becomes exp2(s - m)); returns the
-  // factor the running O must be scaled by. Accumulator element i: key column 8 (i / 4) + 2 tq +
-  // (i & 1), row g + 8 ((i >> 1) & 1) of the warp's 16.
-  auto softmax = [&](int t, float (&alpha)[2]) {
-    if ((t + 1) * BN > nk) {  // only the last tile has keys past nk
-#pragma unroll
-      for (int i = 0; i < BN / 2; ++i)
-        if (t * BN + (i >> 2) * 8 + 2 * tq + (i & 1) >= nk) s[i] = -INFINITY;
-    }
-    float mx[2] = {m[0], m[1]};
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) {
-      const float x = s[i] * p.scale_log2;
-      s[i] = x;
-      mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], x);
-    }
-    float sum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-      const float ref = mx[h] == -INFINITY ? 0.f : mx[h];
-      alpha[h] = exp2f(m[h] - ref);  // exp2(-inf) = 0 on the first tile
-      m[h] = mx[h];
-      mx[h] = ref;
-    }
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) {
-      const float pe = exp2f(s[i] - mx[(i >> 1) & 1]);
-      s[i] = pe;
-      sum[(i >> 1) & 1] += pe;
-    }
-    l[0] = l[0] * alpha[0] + sum[0];
-    l[1] = l[1] * alpha[1] + sum[1];
-  };
-  // P (bf16) as the A operand of O += P V: k-step kk covers key columns 16 kk .. 16 kk + 15.
-  auto pack_p = [&] {
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-  };
-
-  // Tile 0: S only.
-  cp_wait<STAGES - 3>();
-  fence_proxy_async();
-  __syncthreads();
-  load_k(STAGES - 1);
-  load_v(STAGES - 2);
-  cp_commit();
-  wgmma_fence();
-  issue_qk(k_buf(0));
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_regs(s);
-  {
-    float alpha[2];
-    softmax(0, alpha);
-  }
-  pack_p();
-  for (int t = 1; t < tiles; ++t) {
-    cp_wait<STAGES - 2>();  // K_t and V_{t-1} landed (later groups may still be loading)
+  // Before tile t: K_t and V_{t-1} landed (later groups may still be loading) and are visible to
+  // every warpgroup, all of which are done with K_{t-1} and V_{t-2}; then refill those buffers.
+  auto before_tile = [&](int t) {
+    if (t == 0) cp_wait<STAGES - 3>();
+    else cp_wait<STAGES - 2>();
     fence_proxy_async();
-    __syncthreads();  // ... and are visible to every warpgroup; all are done with K_{t-1} and V_{t-2}
-    load_k(t + STAGES - 1);  // into K_{t-1}'s buffer
-    load_v(t + STAGES - 2);  // into V_{t-2}'s buffer
+    __syncthreads();
+    load_k(t + STAGES - 1);
+    load_v(t + STAGES - 2);
     cp_commit();
-    wgmma_fence();
-    issue_qk(k_buf(t));
-    wgmma_commit();
-    issue_pv(v_buf(t - 1));
-    wgmma_commit();
-    wgmma_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run under the softmax below
-    fence_regs(s);
-    float alpha[2];
-    softmax(t, alpha);
-    wgmma_wait<0>();
-    fence_regs(o);
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
-    pack_p();
-  }
-  wgmma_fence();
-  issue_pv(v_buf(tiles - 1));
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_regs(o);
+  };
+  WarpgroupRows<D, BN> rows;
+  rows.attend(tiles, nk, p.scale_log2, tq, q_desc, k_buf, v_buf, before_tile);
   cp_wait<0>();  // empty groups of tiles past the end: nothing may be in flight at exit
-
-  // Epilogue: O / l in bf16, LSE in natural log.
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float lh = l[h];
-    lh += __shfl_xor_sync(0xffffffffu, lh, 1);
-    lh += __shfl_xor_sync(0xffffffffu, lh, 2);
-    const int qi = q0 + wg * 64 + w4 * 16 + g + 8 * h;
-    if (qi >= p.nq) continue;
-    const float inv = bad_len ? NAN : 1.f / lh;
-    bf16* orow = p.o + seq * p.o_s[0] + head * p.o_s[1] + qi * p.o_s[2];
-#pragma unroll
-    for (int c = 0; c < D / 8; ++c)
-      *reinterpret_cast<__nv_bfloat162*>(orow + c * 8 + 2 * tq) =
-          __floats2bfloat162_rn(o[4 * c + 2 * h] * inv, o[4 * c + 2 * h + 1] * inv);
-    if (tq == 0)
-      p.lse[seq * p.lse_s[0] + head * p.lse_s[1] + qi * p.lse_s[2]] =
-          bad_len ? NAN : (m[h] + __log2f(lh)) * 0.6931471805599453f;
-  }
+  rows.store(p, ro.seq, ro.head, q0 + wg * 64 + w4 * 16, ro.bad_len, g, tq);
 #else
   (void)p;
   (void)obs;

@@ -1,0 +1,206 @@
+#pragma once
+//! \file
+//! The resident-KV warpgroup kernel (wgmma, sm_90a) for short key ranges (detail).
+//!
+//! \par Overview
+//! Same contract and per-warpgroup math (`WarpgroupRows`) as the streaming warpgroup kernel
+//! (fused_attention_sm90.cuh), for rows whose keys (kept cache + the scale's own) fit in shared
+//! memory: VAR's 10% steps hold at most ~300 keys. There, the streaming kernel's CTAs (one per 64 or
+//! 128 query rows) each load their row's whole K/V again (three times per row at 13x13) and each
+//! pays the load latency before its first MMA, so the short steps run at half the copy ceiling.
+//! Here a CTA serves `item_q_tiles` 64-row query tiles of one (sequence, head) row: K and V land once
+//! in KT resident 64-key tiles; each of the two warpgroups runs the query tiles w, w + 2, ... over
+//! them, copying its next query tile while it computes the current one.
+//!
+//! \par Synchronisation
+//! One cp.async group per key tile: the first query tile of each warpgroup starts on key tile 0 as
+//! soon as that lands (one CTA-wide barrier per key tile, once). Later query tiles need no CTA-wide
+//! barrier: a warpgroup waits for its own Q (named barrier of its 128 threads) and reads the
+//! resident K/V.
+
+#include <algorithm>
+#include <cstdint>
+
+#include "varkv/attention/detail/fused_attention_common.cuh"
+#include "varkv/attention/detail/fused_attention_sm90.cuh"
+#include "varkv/core/cuda_check.cuh"
+
+namespace varkv::detail::fattn::sm90 {
+
+//! D: head dim; KT: resident 64-key tiles (the launch's cap + n_new must be <= 64 KT).
+template <int D, int KT>
+struct ResidentConfig {
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  static_assert(KT >= 1 && KT <= 8, "1 to 8 resident key tiles");
+  static constexpr int kThreads = 256;  // two consumer warpgroups
+  static constexpr int kBN = 64;
+  static constexpr int kKeys = KT * kBN;
+  static constexpr int kTileBytes = kBN * D * 2;
+  static constexpr int kQBytes = 64 * D * 2;  // one warpgroup's query tile; two buffers per warpgroup
+  static constexpr int kSmemBytes = 2 * KT * kTileBytes + 4 * kQBytes + 1024;
+  // Two CTAs per SM where shared memory allows (228 KB per SM, 1 KB reserved per CTA): one loads
+  // while the other computes.
+  static constexpr int kMinBlocks = 2 * (kSmemBytes + 1024) <= 228 * 1024 ? 2 : 1;
+};
+
+#if VARKV_WGMMA_DEVICE
+// cp.async.wait_group takes an immediate: waits until at most min(n, N) groups are pending.
+template <int N>
+__device__ __forceinline__ void cp_wait_at_most(int n) {
+  if constexpr (N == 0) {
+    cp_wait<0>();
+  } else {
+    if (n >= N) cp_wait<N>();
+    else cp_wait_at_most<N - 1>(n);
+  }
+}
+// The 128 threads of warpgroup wg (named barrier wg + 1; 0 is __syncthreads).
+__device__ __forceinline__ void warpgroup_barrier(int wg) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(wg + 1) : "memory");
+}
+#endif
+
+template <int D, int KT, class Stats>
+__global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
+    fused_attention_wgmma_resident_kernel(const Params p, const ObserverSet obs) {
+#if VARKV_WGMMA_DEVICE
+  using C = ResidentConfig<D, KT>;
+  constexpr int DT = D / 8, BN = C::kBN;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t{1023});
+  if constexpr (Stats::enabled) {
+    if (static_cast<int>(blockIdx.x) < p.obs_blocks) {
+      observer_pass<D, Stats, 8>(p, obs, blockIdx.x, smem);
+      return;
+    }
+  }
+  const int item = static_cast<int>(blockIdx.x) - p.obs_blocks;
+  const int row = item / p.q_tiles, qt0 = (item % p.q_tiles) * p.item_q_tiles;
+  const int qt1 = min(qt0 + p.item_q_tiles, (p.nq + 63) / 64);
+  const RowOperands ro(p, row);
+  const int len = ro.len, nk = ro.nk;
+  const int tiles = (nk + BN - 1) / BN;  // <= KT: the host checked cap + n_new <= 64 KT and len <= cap
+  if (tiles == 0) {
+    write_nan_rows<D>(p, ro.seq, ro.head, qt0 * 64, (qt1 - qt0) * 64);
+    return;
+  }
+
+  const int tid = threadIdx.x, wg = tid >> 7, w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  bf16* const sK = reinterpret_cast<bf16*>(smem);
+  bf16* const sV = sK + KT * BN * D;
+  bf16* const sQ = sV + KT * BN * D;  // [warpgroup][buffer] 64 x D tiles
+  auto k_buf = [&](int t) { return sK + t * (BN * D); };
+  auto v_buf = [&](int t) { return sV + t * (BN * D); };
+  auto q_buf = [&](int b) { return sQ + (wg * 2 + b) * (64 * D); };
+
+  // Key tiles are copied by all 256 threads (fixed column chunk per thread, as in the streaming
+  // kernel); keys past nk are zero-filled: P is 0 there, and 0 * garbage could be NaN.
+  constexpr int kRowStep = C::kThreads / DT, kPerThread = BN / kRowStep;
+  static_assert(C::kThreads % DT == 0 && kRowStep % 8 == 0 && BN % kRowStep == 0, "copy layout");
+  const int copy_c = tid % DT, copy_r0 = tid / DT;
+  const int copy_off = swz128(BN, copy_r0, copy_c);
+  auto load_kv = [&](bf16* dst, const bf16* cache_base, std::int64_t cache_stride, const bf16* new_base,
+                     std::int64_t new_stride, int t) {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int j = t * BN + copy_r0 + i * kRowStep;
+      const bool ok = j < nk;
+      const bf16* src = j < len ? cache_base + j * cache_stride : new_base + (j - len) * new_stride;
+      cp_async16(dst + copy_off + i * kRowStep * 64, ok ? src + copy_c * 8 : p.q, ok);
+    }
+  };
+  // Query tile qt into this warpgroup's buffer b (its 128 threads only); nothing past the item.
+  auto load_q = [&](int qt, int b) {
+    if (qt >= qt1) return;
+    bf16* dst = q_buf(b);
+    for (int i = tid & 127; i < 64 * DT; i += 128) {
+      const int r = i / DT, c = i % DT, qi = qt * 64 + r;
+      const bool ok = qi < p.nq;
+      cp_async16(dst + swz128(64, r, c), ok ? ro.q + qi * p.q_s[2] + c * 8 : p.q, ok);
+    }
+  };
+
+  // Groups, per thread: {own first Q tile, K_0, V_0}, {K_t, V_t} for t = 1 .. tiles-1, {own second Q tile}.
+  const int first = qt0 + wg;
+  load_q(first, 0);
+  load_kv(k_buf(0), ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], 0);
+  load_kv(v_buf(0), ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], 0);
+  cp_commit();
+  for (int t = 1; t < tiles; ++t) {
+    load_kv(k_buf(t), ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], t);
+    load_kv(v_buf(t), ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], t);
+    cp_commit();
+  }
+  load_q(first + 2, 1);
+  cp_commit();
+
+  // First pass: before key tile t, its group has landed (later key tiles and the next Q may still be
+  // in flight) and is visible to both warpgroups.
+  auto first_pass_wait = [&](int t) {
+    cp_wait_at_most<KT>(tiles - t);
+    fence_proxy_async();
+    __syncthreads();
+  };
+  auto resident = [](int) {};
+  WarpgroupRows<D, BN> rows;
+  int j = 0;
+  for (int qt = first; qt < qt1; qt += 2, ++j) {
+    const bf16* q = q_buf(j & 1);
+    auto q_desc = [&](int kk) { return smem_desc(q + (kk >> 2) * 64 * 64 + (kk & 3) * 16, 16, 1024); };
+    if (j == 0) {
+      rows.attend(tiles, nk, p.scale_log2, tq, q_desc, k_buf, v_buf, first_pass_wait);
+    } else {
+      cp_wait<1>();  // this query tile's Q landed (the next one may be in flight)
+      fence_proxy_async();
+      warpgroup_barrier(wg);
+      rows.attend(tiles, nk, p.scale_log2, tq, q_desc, k_buf, v_buf, resident);
+    }
+    rows.store(p, ro.seq, ro.head, qt * 64 + w4 * 16, ro.bad_len, g, tq);
+    warpgroup_barrier(wg);  // every thread's wgmma on this Q buffer completed: refill it
+    load_q(qt + 4, j & 1);
+    cp_commit();
+  }
+  if (j == 0) {  // no query tile for this warpgroup: it still meets the first pass's CTA barriers
+    for (int t = 0; t < tiles; ++t) first_pass_wait(t);
+  }
+  cp_wait<0>();
+#else
+  (void)p;
+  (void)obs;
+  __trap();  // not compiled for sm_90a: the host never launches this (wgmma_available)
+#endif
+}
+
+//! 64-row query tiles per CTA for a row of n_q queries: all of them (K/V loaded once per row) unless
+//! that leaves fewer than two CTAs per SM; then halved (down to two, one per warpgroup).
+inline int resident_item_q_tiles(int rows, int nq, int sm_count) {
+  const int row_tiles = (nq + 63) / 64;
+  int per = row_tiles;
+  while (per > 2 && static_cast<std::int64_t>(rows) * ((row_tiles + per - 1) / per) < 2LL * sm_count)
+    per = (per + 1) / 2;
+  return per;
+}
+
+template <int D, int KT, class Stats>
+void launch_resident(Params p, const ObserverSet& obs, cudaStream_t stream) {
+  using C = ResidentConfig<D, KT>;
+  auto kernel = fused_attention_wgmma_resident_kernel<D, KT, Stats>;
+  constexpr int smem = Stats::enabled ? std::max(C::kSmemBytes, kObserverSmemBytes<D, 8> + 1024) : C::kSmemBytes;
+  static const bool attr = [&] {
+    VARKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    return true;
+  }();
+  (void)attr;
+  int dev = 0, sms = 0;
+  VARKV_CUDA_CHECK(cudaGetDevice(&dev));
+  VARKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  p.item_q_tiles = resident_item_q_tiles(p.S * p.H, p.nq, sms);
+  p.q_tiles = ((p.nq + 63) / 64 + p.item_q_tiles - 1) / p.item_q_tiles;
+  p.total_items = p.S * p.H * p.q_tiles;
+  p.obs_blocks = Stats::enabled ? p.S * p.H : 0;
+  kernel<<<p.obs_blocks + p.total_items, C::kThreads, smem, stream>>>(p, obs);
+  VARKV_CUDA_CHECK_LAUNCH("fused_attention_wgmma_resident_kernel");
+}
+
+}  // namespace varkv::detail::fattn::sm90
