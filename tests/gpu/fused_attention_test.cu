@@ -398,12 +398,12 @@ TEST(FusedAttention, WarpgroupKernelEveryConfiguration) {
   run_all(cases);
 }
 
-// The resident-KV warpgroup kernel (the row's K/V loaded once into shared memory, 64-row query tiles
-// of the CTA run over it): every VAR-256 step whose keys fit (cap + n_new <= 320), budgets 0 / 5% /
-// 10% (ragged) and the full cache up to 10x10, with and without listed-observer statistics. Few
-// rows split a row's query tiles over CTAs (one tile per warpgroup); 288 rows keep a row in one CTA,
-// so a warpgroup runs 2 (16x16) or 4 (400 queries over 64 new keys) query tiles over the resident
-// K/V, its next Q copied while it computes.
+// The resident-KV warpgroup kernel (a CTA loads its row's K/V once; its query tiles run over it):
+// every VAR-256 step whose keys fit (cap + n_new <= 320), budgets 0 / 5% / 10% (ragged) and the full
+// cache up to 10x10, with and without listed-observer statistics. Six rows split a row's query tiles
+// over CTAs (one tile per warpgroup); 288 rows keep a row in one CTA, so a warpgroup runs 2 (16x16)
+// or 5 (24x24 over 64 new keys) query tiles over the resident K/V, its next Q copied while it
+// computes; the observer rows run in leading CTAs of the same launch.
 TEST(FusedAttention, WarpgroupResidentKvKernel) {
   if (!fused_attention_has_warpgroup_kernel()) GTEST_SKIP() << "the resident-KV kernel needs an sm_90 GPU and an sm_90a build";
   std::vector<Case> cases;

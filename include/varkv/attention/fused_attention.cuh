@@ -9,12 +9,16 @@
 //! writes O in bf16 and the natural-log LSE in fp32.
 //!
 //! \par Kernels
-//! Two kernels share this contract (`FusedAttentionArgs::kernel`). The warpgroup kernel
-//! (detail/fused_attention_sm90.cuh: wgmma, 64 query rows per warpgroup, softmax overlapped with the
-//! P V product) runs on sm_90 GPUs when the code is compiled for sm_90a; `automatic` gives it every
-//! map of more than 64 queries whose statistic it supports (none, or listed observers). The warp
-//! kernel (detail/fused_attention_sm80.cuh: mma.sync m16n8k16) takes the rest: small maps, where its
-//! work packing matters, every-query statistics, and GPUs without wgmma.
+//! Three kernels share this contract (`FusedAttentionArgs::kernel`). Two are warpgroup kernels
+//! (wgmma, 64 query rows per warpgroup, softmax overlapped with the P V product) for sm_90 GPUs when
+//! the code is compiled for sm_90a: the streaming one (detail/fused_attention_sm90.cuh: K/V tiles
+//! through cp.async rings, any key count) and the resident-KV one
+//! (detail/fused_attention_sm90_resident.cuh: a CTA loads its row's K/V once and runs all its query
+//! tiles over it; head dim 64, cap + n_new <= 320, i.e. VAR's 10% steps). `automatic` gives them
+//! every map of more than 64 queries whose statistic they support (none, or listed observers), the
+//! resident one where the keys fit. The warp kernel (detail/fused_attention_sm80.cuh: mma.sync
+//! m16n8k16) takes the rest: small maps, where its work packing matters, every-query statistics,
+//! and GPUs without wgmma.
 //!
 //! \par Work packing (warp kernel)
 //! A CTA has 4 warps. A work item is 16 x MT x G query rows of one (sequence, head) row (each warp
@@ -71,7 +75,8 @@ using bf16 = __nv_bfloat16;
 
 //! Which kernel runs a fused attention launch.
 enum class AttentionKernel {
-  automatic,      //!< warpgroup kernel where it can run and n_q > 64, else the warp kernel
+  automatic,      //!< where a wgmma kernel can run and n_q > 64: the resident-KV one when its keys fit, else
+                  //!< the streaming one; otherwise the warp kernel
   warp_mma,       //!< mma.sync kernel: any sm_80+ GPU, every statistic; `rows_per_item` applies
   warpgroup_mma,  //!< wgmma kernel: sm_90 GPU and an sm_90a build; no statistic or listed observers
   //! wgmma kernel with the row's K/V loaded once and kept in shared memory while the CTA's query
@@ -236,7 +241,11 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
     detail::fattn::fill_strides(p.ks_s, a.key_stat);
     VARKV_CUDA_CHECK(cudaMemsetAsync(a.key_stat.data(), 0, a.key_stat.size() * sizeof(float), stream));
   }
-  if (a.kernel == AttentionKernel::warpgroup_resident_kv) {
+  const bool resident_kv =
+      a.kernel == AttentionKernel::warpgroup_resident_kv ||
+      (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && a.key_tile == 0 && d == 64 && nq > 64 &&
+       cap + n_new <= kResidentKvMaxKeys && !every_query_stat && detail::fattn::sm90::wgmma_available());
+  if (resident_kv) {
     detail::fattn::sm90::launch_resident<64, 5, Stats>(p, a.observers, stream);
     return;
   }

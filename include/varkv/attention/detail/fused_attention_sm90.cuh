@@ -288,6 +288,41 @@ struct WarpgroupRows {
 };
 #endif  // VARKV_WGMMA_DEVICE
 
+// Key tile t (BN keys from key t * BN) of one row's K or V into dst, in the swizzled wgmma layout, by
+// THREADS threads. Thread tid copies the same 16-byte column chunk of rows r0, r0 + THREADS / (D/8),
+// ... of every tile, so its swizzled offsets are fixed: only the key index and its source (cache slot
+// below len, the scale's own key above) change. Keys past nk are zero-filled: P is 0 there, and
+// 0 * garbage could be NaN. `dummy`: any valid address (read by no zero-fill copy).
+template <int D, int BN, int THREADS>
+__device__ __forceinline__ void copy_key_tile(bf16* dst, const bf16* cache_base, std::int64_t cache_stride,
+                                              const bf16* new_base, std::int64_t new_stride, int t, int len, int nk,
+                                              int tid, const bf16* dummy) {
+  constexpr int DT = D / 8, kRowStep = THREADS / DT, kPerThread = BN / kRowStep;
+  static_assert(THREADS % DT == 0 && kRowStep % 8 == 0 && BN % kRowStep == 0, "copy layout");
+  const int c = tid % DT, r0 = tid / DT;
+  const int off = swz128(BN, r0, c);  // + i * kRowStep * 64 for the i-th row
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int j = t * BN + r0 + i * kRowStep;
+    const bool ok = j < nk;
+    const bf16* src = j < len ? cache_base + j * cache_stride : new_base + (j - len) * new_stride;
+    cp_async16(dst + off + i * kRowStep * 64, ok ? src + c * 8 : dummy, ok);
+  }
+}
+
+// Query rows q0 .. q0 + rows - 1 of one row (stride q_stride) into dst, swizzled as a `rows`-row wgmma
+// operand, by `threads` threads starting at tid; rows at or past nq are zero-filled.
+template <int D>
+__device__ __forceinline__ void copy_query_rows(bf16* dst, int rows, const bf16* q_base, std::int64_t q_stride, int q0,
+                                                int nq, int tid, int threads, const bf16* dummy) {
+  constexpr int DT = D / 8;
+  for (int i = tid; i < rows * DT; i += threads) {
+    const int r = i / DT, c = i % DT, qi = q0 + r;
+    const bool ok = qi < nq;
+    cp_async16(dst + swz128(rows, r, c), ok ? q_base + qi * q_stride + c * 8 : dummy, ok);
+  }
+}
+
 // A row without keys (only reachable without host lengths): NaN outputs for query rows
 // q0 .. q0 + rows - 1, like a bad length.
 template <int D>
@@ -306,7 +341,6 @@ __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES>::kMinBloc
     fused_attention_wgmma_kernel(const Params p, const ObserverSet obs) {
 #if VARKV_WGMMA_DEVICE
   using C = Config<D, WG, BN, STAGES>;
-  constexpr int DT = D / 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t{1023});
@@ -331,38 +365,19 @@ __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES>::kMinBloc
   auto k_buf = [&](int t) { return sK0 + (t % STAGES) * (BN * D); };
   auto v_buf = [&](int t) { return sV0 + (t % STAGES) * (BN * D); };
 
-  // A thread copies the same 16-byte column chunk c of rows r0, r0 + kRowStep, ... of every tile
-  // (kThreads is a multiple of D/8 and kRowStep of 8), so its swizzled offsets are fixed: only the
-  // key index and its source (cache slot below len, the scale's own key above) change per tile.
-  constexpr int kRowStep = C::kThreads / DT, kPerThread = BN / kRowStep;
-  static_assert(C::kThreads % DT == 0 && kRowStep % 8 == 0 && BN % kRowStep == 0, "copy layout");
-  const int copy_c = tid % DT, copy_r0 = tid / DT;
-  const int copy_off = swz128(BN, copy_r0, copy_c);  // + i * kRowStep * 64 for the i-th row
-  // Tile t of K (or V) into dst; keys past nk are zero-filled: P is 0 there, and 0 * garbage could be NaN.
-  auto load_kv = [&](bf16* dst, const bf16* cache_base, std::int64_t cache_stride, const bf16* new_base,
-                     std::int64_t new_stride, int t) {
-    if (t >= tiles) return;
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int j = t * BN + copy_r0 + i * kRowStep;
-      const bool ok = j < nk;
-      const bf16* src = j < len ? cache_base + j * cache_stride : new_base + (j - len) * new_stride;
-      cp_async16(dst + copy_off + i * kRowStep * 64, ok ? src + copy_c * 8 : p.q, ok);
-    }
+  auto load_k = [&](int t) {
+    if (t < tiles) copy_key_tile<D, BN, C::kThreads>(k_buf(t), ckb, p.ck_s[2], nkb, p.nk_s[2], t, len, nk, tid, p.q);
   };
-  auto load_k = [&](int t) { load_kv(k_buf(t), ckb, p.ck_s[2], nkb, p.nk_s[2], t); };
-  auto load_v = [&](int t) { load_kv(v_buf(t), cvb, p.cv_s[2], nvb, p.nv_s[2], t); };
+  auto load_v = [&](int t) {
+    if (t < tiles) copy_key_tile<D, BN, C::kThreads>(v_buf(t), cvb, p.cv_s[2], nvb, p.nv_s[2], t, len, nk, tid, p.q);
+  };
 
   if (tiles == 0) {
     write_nan_rows<D>(p, ro.seq, ro.head, q0, C::kRows);
     return;
   }
 
-  for (int i = tid; i < C::kRows * DT; i += C::kThreads) {
-    const int r = i / DT, c = i % DT, qi = q0 + r;
-    const bool ok = qi < p.nq;
-    cp_async16(sQ + swz128(C::kRows, r, c), ok ? qb + qi * p.q_s[2] + c * 8 : p.q, ok);
-  }
+  copy_query_rows<D>(sQ, C::kRows, qb, p.q_s[2], q0, p.nq, tid, C::kThreads, p.q);
   // Prologue group: Q, K_0 .. K_{STAGES-2}, V_0 .. V_{STAGES-3}; then STAGES-3 empty groups, so that
   // from iteration 1 on "the group of iteration t - STAGES + 1" is always STAGES-2 groups back.
 #pragma unroll

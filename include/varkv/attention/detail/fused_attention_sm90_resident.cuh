@@ -56,7 +56,9 @@ __device__ __forceinline__ void cp_wait_at_most(int n) {
 }
 // The 128 threads of warpgroup wg (named barrier wg + 1; 0 is __syncthreads).
 __device__ __forceinline__ void warpgroup_barrier(int wg) {
-  asm volatile("bar.sync %0, 128;\n" ::"r"(wg + 1) : "memory");
+  // Immediate barrier ids: a register id makes ptxas reserve all 16 barriers of the CTA.
+  if (wg == 0) asm volatile("bar.sync 1, 128;\n" ::: "memory");
+  else asm volatile("bar.sync 2, 128;\n" ::: "memory");
 }
 #endif
 
@@ -65,7 +67,7 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
     fused_attention_wgmma_resident_kernel(const Params p, const ObserverSet obs) {
 #if VARKV_WGMMA_DEVICE
   using C = ResidentConfig<D, KT>;
-  constexpr int DT = D / 8, BN = C::kBN;
+  constexpr int BN = C::kBN;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t{1023});
@@ -94,42 +96,22 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
   auto v_buf = [&](int t) { return sV + t * (BN * D); };
   auto q_buf = [&](int b) { return sQ + (wg * 2 + b) * (64 * D); };
 
-  // Key tiles are copied by all 256 threads (fixed column chunk per thread, as in the streaming
-  // kernel); keys past nk are zero-filled: P is 0 there, and 0 * garbage could be NaN.
-  constexpr int kRowStep = C::kThreads / DT, kPerThread = BN / kRowStep;
-  static_assert(C::kThreads % DT == 0 && kRowStep % 8 == 0 && BN % kRowStep == 0, "copy layout");
-  const int copy_c = tid % DT, copy_r0 = tid / DT;
-  const int copy_off = swz128(BN, copy_r0, copy_c);
-  auto load_kv = [&](bf16* dst, const bf16* cache_base, std::int64_t cache_stride, const bf16* new_base,
-                     std::int64_t new_stride, int t) {
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int j = t * BN + copy_r0 + i * kRowStep;
-      const bool ok = j < nk;
-      const bf16* src = j < len ? cache_base + j * cache_stride : new_base + (j - len) * new_stride;
-      cp_async16(dst + copy_off + i * kRowStep * 64, ok ? src + copy_c * 8 : p.q, ok);
-    }
+  auto load_kv = [&](int t) {  // by all 256 threads
+    copy_key_tile<D, BN, C::kThreads>(k_buf(t), ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], t, len, nk, tid, p.q);
+    copy_key_tile<D, BN, C::kThreads>(v_buf(t), ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], t, len, nk, tid, p.q);
   };
   // Query tile qt into this warpgroup's buffer b (its 128 threads only); nothing past the item.
   auto load_q = [&](int qt, int b) {
-    if (qt >= qt1) return;
-    bf16* dst = q_buf(b);
-    for (int i = tid & 127; i < 64 * DT; i += 128) {
-      const int r = i / DT, c = i % DT, qi = qt * 64 + r;
-      const bool ok = qi < p.nq;
-      cp_async16(dst + swz128(64, r, c), ok ? ro.q + qi * p.q_s[2] + c * 8 : p.q, ok);
-    }
+    if (qt < qt1) copy_query_rows<D>(q_buf(b), 64, ro.q, p.q_s[2], qt * 64, p.nq, tid & 127, 128, p.q);
   };
 
   // Groups, per thread: {own first Q tile, K_0, V_0}, {K_t, V_t} for t = 1 .. tiles-1, {own second Q tile}.
   const int first = qt0 + wg;
   load_q(first, 0);
-  load_kv(k_buf(0), ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], 0);
-  load_kv(v_buf(0), ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], 0);
+  load_kv(0);
   cp_commit();
   for (int t = 1; t < tiles; ++t) {
-    load_kv(k_buf(t), ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], t);
-    load_kv(v_buf(t), ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], t);
+    load_kv(t);
     cp_commit();
   }
   load_q(first + 2, 1);
