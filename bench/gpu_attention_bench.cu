@@ -5,7 +5,8 @@
 // Timing: CUDA events around single launches after 3 warm-ups, median of 25 (us_median, also the
 // reported time); us_b2b is the mean of 25 back-to-back launches in one stream (launch gaps
 // overlapped, what a layer loop sees); us_graph is the mean per launch inside a CUDA graph of 20
-// launches (no host launch overhead: what a captured generation step sees). TFLOP/s counts 4 * n_q * n_k * d per (sequence, head);
+// launches (no host launch overhead: what a captured generation step sees); us_host is the host time
+// per call (argument checks + launch) in the back-to-back loop. TFLOP/s counts 4 * n_q * n_k * d per (sequence, head);
 // GB/s counts Q, the kept K/V, the new K/V, O and LSE once. The measured device-to-device copy
 // bandwidth (bytes read + written) is printed first; the bf16 tensor-core ceiling is measured by
 // bench/peers/sdpa_peer.py in the same run (torch.matmul 8192^3).
@@ -55,7 +56,7 @@ void random_fill(bf16* p, std::size_t n, unsigned seed) {
 }
 
 struct Timing {
-  double median_us, b2b_us, graph_us;
+  double median_us, b2b_us, graph_us, host_us;
 };
 
 // `launch(stream)` enqueues one launch. Returns the median of single event-timed launches, the mean
@@ -82,7 +83,9 @@ Timing time_launches(F&& launch, int reps = 25) {
   }
   std::sort(t.begin(), t.end());
   VARKV_CUDA_CHECK(cudaEventRecord(a, st));
+  const auto h0 = std::chrono::steady_clock::now();
   for (int i = 0; i < reps; ++i) launch(st);
+  const double host_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - h0).count() / reps;
   VARKV_CUDA_CHECK(cudaEventRecord(b, st));
   VARKV_CUDA_CHECK(cudaEventSynchronize(b));
   float total = 0;
@@ -106,7 +109,7 @@ Timing time_launches(F&& launch, int reps = 25) {
   VARKV_CUDA_CHECK(cudaEventDestroy(a));
   VARKV_CUDA_CHECK(cudaEventDestroy(b));
   VARKV_CUDA_CHECK(cudaStreamDestroy(st));
-  return {1e3 * t[t.size() / 2], 1e3 * total / reps, 1e3 * graph_ms / (kInGraph * kReplays)};
+  return {1e3 * t[t.size() / 2], 1e3 * total / reps, 1e3 * graph_ms / (kInGraph * kReplays), host_us};
 }
 
 enum class StatMode { none, prob_window16, prob_all, logit_window16 };
@@ -172,6 +175,7 @@ void BM_attention(benchmark::State& state, ModelGeometry geo, std::string sched_
   state.counters["us_median"] = t.median_us;
   state.counters["us_b2b"] = t.b2b_us;
   state.counters["us_graph"] = t.graph_us;
+  state.counters["us_host"] = t.host_us;  // host time per call (validation + launch), from the b2b loop
   state.counters["TFLOPs"] = flops / (t.median_us * 1e-6) / 1e12;
   state.counters["GBps"] = bytes / (t.median_us * 1e-6) / 1e9;
   state.counters["n_q"] = nq;
@@ -382,6 +386,15 @@ void register_all() {
   for (int s = 7; s < 10; ++s)
     for (double budget : {1.0, 0.1})
       reg_attn(geometries::var_d30(), var, 64, s, budget, StatMode::none, 64, AttentionKernel::warpgroup_mma);
+  // Maps of 9 .. 36 queries on one warpgroup (64 rows, padded) against the warp kernel's packing.
+  for (int images : {1, 16, 64})
+    for (int s = 2; s < 6; ++s)
+      for (double budget : {1.0, 0.1})
+        reg_attn(geometries::var_d30(), var, images, s, budget, StatMode::none, 64, AttentionKernel::warpgroup_mma);
+  // 8x8 (64 queries, the smallest map automatic gives a warpgroup kernel) on the warp kernel as well.
+  for (const auto& g : {geometries::var_d16(), geometries::var_d30()})
+    for (int images : {1, 16})
+      for (double budget : {1.0, 0.1}) reg_attn(g, var, images, 6, budget, StatMode::none, 0, AttentionKernel::warp_mma);
   // The resident-KV kernel on every step whose keys fit (VAR's 10% steps; full cache up to 10x10).
   for (const auto& g : {geometries::var_d16(), geometries::var_d30()})
     for (int images : {1, 16, 64})

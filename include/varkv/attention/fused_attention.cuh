@@ -15,8 +15,8 @@
 //! through cp.async rings, any key count) and the resident-KV one
 //! (detail/fused_attention_sm90_resident.cuh: a CTA loads its row's K/V once and runs all its query
 //! tiles over it; head dim 64, cap + n_new <= 320, i.e. VAR's 10% steps). `automatic` gives them
-//! every map of more than 64 queries whose statistic they support (none, or listed observers), the
-//! resident one where the keys fit. The warp kernel (detail/fused_attention_sm80.cuh: mma.sync
+//! every map of more than 32 queries whose statistic they support (none, or listed observers), the
+//! resident one where the keys fit and the map has more than one 64-row tile. The warp kernel (detail/fused_attention_sm80.cuh: mma.sync
 //! m16n8k16) takes the rest: small maps, where its work packing matters, every-query statistics,
 //! and GPUs without wgmma.
 //!
@@ -75,7 +75,7 @@ using bf16 = __nv_bfloat16;
 
 //! Which kernel runs a fused attention launch.
 enum class AttentionKernel {
-  automatic,      //!< where a wgmma kernel can run and n_q > 64: the resident-KV one when its keys fit, else
+  automatic,      //!< where a wgmma kernel can run and n_q > 32: the resident-KV one when n_q > 64 and its keys fit, else
                   //!< the streaming one; otherwise the warp kernel
   warp_mma,       //!< mma.sync kernel: any sm_80+ GPU, every statistic; `rows_per_item` applies
   warpgroup_mma,  //!< wgmma kernel: sm_90 GPU and an sm_90a build; no statistic or listed observers
@@ -251,7 +251,7 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
   }
   const bool warpgroup =
       a.kernel == AttentionKernel::warpgroup_mma ||
-      (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && nq > 64 && !every_query_stat &&
+      (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && nq > 32 && !every_query_stat &&
        detail::fattn::sm90::wgmma_available());
   if (warpgroup) {
     namespace sm90 = detail::fattn::sm90;

@@ -139,15 +139,23 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const unsigned (&a)[
 #endif  // VARKV_WGMMA_DEVICE
 
 #if VARKV_WGMMA_DEVICE
-// K tile (BN keys, swizzled, K-major) k-step kk; V tile (read transposed, MN-major) k-step kk.
-template <int BN>
-__device__ __forceinline__ std::uint64_t k_tile_desc(const bf16* k, int kk) {
-  return smem_desc(k + (kk >> 2) * BN * 64 + (kk & 3) * 16, 16, 1024);
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
+
+// Descriptors are built once per tile and advanced per k-step by adding the step's offset in 16-byte
+// units to the address field (bits 0..13; shared addresses stay below 2^18 bytes, so no carry reaches
+// the stride fields): two integer ops per wgmma instead of a conversion, mask and shifts each.
+// K tile (BN keys, swizzled, K-major), k-step kk: 16 head-dim columns = 32 bytes inside the 128-byte
+// row, blocks of 64 columns BN rows apart.
 template <int BN>
-__device__ __forceinline__ std::uint64_t v_tile_desc(const bf16* v, int kk) {
-  return smem_desc(v + kk * 16 * 64, BN * 128, 1024);
+__device__ __forceinline__ std::uint64_t k_step(int kk) {
+  return static_cast<std::uint64_t>(((kk >> 2) * BN * 64 + (kk & 3) * 16) >> 3);
 }
+// V tile (read transposed, MN-major), k-step kk: 16 keys = 16 rows of 128 bytes.
+__device__ __forceinline__ std::uint64_t v_step(int kk) { return static_cast<std::uint64_t>(kk * 16 * 64 >> 3); }
 
 //! One warpgroup's 64 query rows of one (sequence, head) row on their way through the row's key
 //! tiles: the S and O accumulators, the online-softmax state and P packed as the A operand of
@@ -163,7 +171,7 @@ struct WarpgroupRows {
   float m[2], l[2];
 
   //! Runs all `tiles` key tiles (nk keys; columns past nk are masked). q_desc(kk): the Q operand's
-  //! descriptor for k-step kk; k_buf(t), v_buf(t): tile t in shared memory; before_tile(t) runs
+  //! descriptor for k-step kk (build it once and add k_step); k_buf(t), v_buf(t): tile t in shared memory; before_tile(t) runs
   //! before tile t's S is issued (and before V_{t-1} is read).
   template <class QDesc, class KBuf, class VBuf, class BeforeTile>
   __device__ __forceinline__ void attend(int tiles, int nk, float scale_log2, int tq, QDesc q_desc, KBuf k_buf,
@@ -234,41 +242,44 @@ struct WarpgroupRows {
  private:
   template <class QDesc>
   __device__ __forceinline__ void issue_qk(QDesc q_desc, const bf16* kt) {
+    const std::uint64_t kd = smem_desc(kt, 16, 1024);
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<BN>(s, q_desc(kk), k_tile_desc<BN>(kt, kk), kk > 0);
+    for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<BN>(s, q_desc(kk), kd + k_step<BN>(kk), kk > 0);
   }
   __device__ __forceinline__ void issue_pv(const bf16* vt) {
+    const std::uint64_t vd = smem_desc(vt, BN * 128, 1024);
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D>(o, pa[kk], v_tile_desc<BN>(vt, kk), 1);
+    for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D>(o, pa[kk], vd + v_step(kk), 1);
   }
-  // Online softmax of tile t in the log2 domain, in place (s becomes exp2(s - m)); alpha: the factor
-  // the running O must be scaled by.
+  // Online softmax of tile t in the log2 domain, in place (s becomes exp2(scale_log2 s - m)); alpha:
+  // the factor the running O must be scaled by. At head dim 64 a tile's exponentials cost as much
+  // issue bandwidth as its MMAs, so each element takes one FMNMX, one FFMA and one MUFU.EX2: the max
+  // is taken on the raw logits (scale_log2 > 0), the scale folded into the FFMA, and ex2.approx.ftz
+  // used directly (exp2f adds denormal handling; a flushed exp2 below 2^-126 is 0 in the sum anyway).
   __device__ __forceinline__ void softmax(int t, int nk, float scale_log2, int tq, float (&alpha)[2]) {
     if ((t + 1) * BN > nk) {  // only the last tile has keys past nk
 #pragma unroll
       for (int i = 0; i < BN / 2; ++i)
         if (t * BN + (i >> 2) * 8 + 2 * tq + (i & 1) >= nk) s[i] = -INFINITY;
     }
-    float mx[2] = {m[0], m[1]};
+    float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) {
-      const float x = s[i] * scale_log2;
-      s[i] = x;
-      mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], x);
-    }
-    float sum[2] = {0.f, 0.f};
+    for (int i = 0; i < BN / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
+    float neg_ref[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
       mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-      const float ref = mx[h] == -INFINITY ? 0.f : mx[h];
-      alpha[h] = exp2f(m[h] - ref);  // exp2(-inf) = 0 on the first tile
-      m[h] = mx[h];
-      mx[h] = ref;
+      const float mn = fmaxf(m[h], mx[h] * scale_log2);
+      const float ref = mn == -INFINITY ? 0.f : mn;
+      alpha[h] = ex2_approx(m[h] - ref);  // ex2(-inf) = 0 on the first tile
+      m[h] = mn;
+      neg_ref[h] = -ref;
     }
+    float sum[2] = {0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) {
-      const float pe = exp2f(s[i] - mx[(i >> 1) & 1]);
+      const float pe = ex2_approx(fmaf(s[i], scale_log2, neg_ref[(i >> 1) & 1]));
       s[i] = pe;
       sum[(i >> 1) & 1] += pe;
     }
@@ -389,9 +400,8 @@ __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES>::kMinBloc
   for (int t = 0; t < STAGES - 3; ++t) cp_commit();
 
   // This warpgroup's Q rows, k-step kk of 16 head-dim columns (32 bytes inside a 128-byte row).
-  auto q_desc = [&](int kk) {
-    return smem_desc(sQ + (kk >> 2) * C::kRows * 64 + wg * 64 * 64 + (kk & 3) * 16, 16, 1024);
-  };
+  const std::uint64_t q_desc0 = smem_desc(sQ + wg * 64 * 64, 16, 1024);
+  auto q_desc = [&](int kk) { return q_desc0 + k_step<C::kRows>(kk); };  // Q: K-major like a K tile
   // Before tile t: K_t and V_{t-1} landed (later groups may still be loading) and are visible to
   // every warpgroup, all of which are done with K_{t-1} and V_{t-2}; then refill those buffers.
   auto before_tile = [&](int t) {

@@ -129,7 +129,8 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
   int j = 0;
   for (int qt = first; qt < qt1; qt += 2, ++j) {
     const bf16* q = q_buf(j & 1);
-    auto q_desc = [&](int kk) { return smem_desc(q + (kk >> 2) * 64 * 64 + (kk & 3) * 16, 16, 1024); };
+    const std::uint64_t q_desc0 = smem_desc(q, 16, 1024);
+    auto q_desc = [&](int kk) { return q_desc0 + k_step<64>(kk); };
     if (j == 0) {
       rows.attend(tiles, nk, p.scale_log2, tq, q_desc, k_buf, v_buf, first_pass_wait);
     } else {
