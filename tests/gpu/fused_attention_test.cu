@@ -425,6 +425,11 @@ TEST(FusedAttention, WarpgroupResidentKvKernel) {
     c.kernel = AttentionKernel::warpgroup_resident_kv;
     cases.push_back(c);
   }
+  {  // capacity 424 (the full 13x13 prefix) but kept lengths ~21: the host lengths decide
+    Case c{.schedule = "var-256", .scale = 8, .S = 2, .H = 3, .d = 64, .budget = 0.05};
+    c.kernel = AttentionKernel::warpgroup_resident_kv;
+    cases.push_back(c);
+  }
   {
     Case c{.schedule = "infinity-1024", .scale = 8, .S = 8, .H = 36, .d = 64, .budget = 0.05, .cap = 128};
     c.new_keys = 64;
@@ -433,6 +438,56 @@ TEST(FusedAttention, WarpgroupResidentKvKernel) {
     cases.push_back(c);
   }
   run_all(cases);
+}
+
+// Host lengths that understate a device length: the resident kernel never writes past its tiles;
+// that row's outputs are NaN, the other row's are computed.
+TEST(FusedAttention, WarpgroupResidentKvDeviceLengthBeyondHostLengths) {
+  if (!fused_attention_has_warpgroup_kernel()) GTEST_SKIP() << "the resident-KV kernel needs an sm_90 GPU and an sm_90a build";
+  const int S = 1, H = 2, nq = 100, d = 64, cap = 400, n_new = 100;
+  DeviceLayerCache<bf16> cache(S, H, d, cap);
+  std::mt19937_64 rng(varkv::testing::fresh_seed());
+  auto fill = [&](bf16* dst, std::size_t n) {
+    const auto v = to_bf16(varkv::testing::random_normal(n, rng, 1.0f));
+    VARKV_CUDA_CHECK(cudaMemcpy(dst, v.data(), n * sizeof(bf16), cudaMemcpyHostToDevice));
+  };
+  const auto cv = cache.view();
+  fill(cv.keys.data(), cv.keys.size());
+  fill(cv.values.data(), cv.values.size());
+  const std::vector<std::int32_t> device_lengths{10, 300}, host_lengths{10, 10};
+  VARKV_CUDA_CHECK(cudaMemcpy(cv.lengths, device_lengths.data(), 8, cudaMemcpyHostToDevice));
+  DeviceBuffer<bf16> q(S * H * nq * d), k(S * H * n_new * d), v(S * H * n_new * d), o(S * H * nq * d);
+  DeviceBuffer<float> lse(S * H * nq);
+  fill(q.data(), q.size());
+  fill(k.data(), k.size());
+  fill(v.data(), v.size());
+  o.poison();
+  lse.poison();
+  FusedAttentionArgs a;
+  a.q = make_view<4, const bf16>("q", q.data(), {S, H, nq, d});
+  a.cache = cv;
+  a.new_k = make_view<4, const bf16>("k", k.data(), {S, H, n_new, d});
+  a.new_v = make_view<4, const bf16>("v", v.data(), {S, H, n_new, d});
+  a.softmax_scale = 0.125f;
+  a.out = make_view<4>("o", o.data(), {S, H, nq, d});
+  a.lse = make_view<3>("lse", lse.data(), {S, H, nq});
+  a.host_lengths = host_lengths;
+  a.kernel = AttentionKernel::warpgroup_resident_kv;
+  fused_attention(a);
+  VARKV_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto got_o = o.download();
+  const auto got_lse = lse.download();
+  int finite_row0 = 0, nan_row1 = 0;
+  for (int i = 0; i < nq * d; ++i) {
+    finite_row0 += std::isfinite(__bfloat162float(got_o[i]));
+    nan_row1 += std::isnan(__bfloat162float(got_o[nq * d + i]));
+  }
+  EXPECT_EQ(finite_row0, nq * d) << "row 0 (device length 10, within the resident tiles) must be computed";
+  EXPECT_EQ(nan_row1, nq * d) << "row 1 (device length 300 + 100 new keys > 320) must be NaN";
+  for (int i = 0; i < nq; ++i) {
+    EXPECT_TRUE(std::isfinite(got_lse[i])) << "row 0 LSE " << i;
+    EXPECT_TRUE(std::isnan(got_lse[nq + i])) << "row 1 LSE " << i;
+  }
 }
 
 // The launcher refuses what the kernel cannot handle, naming the argument.
@@ -491,8 +546,26 @@ TEST(FusedAttention, LauncherRejectsBadArguments) {
         },
         "every-query");
     DeviceLayerCache<bf16> big(S, H, d, kResidentKvMaxKeys);
-    expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_resident_kv; a.cache = big.view(); fused_attention(a); },
-                 "holds at most 320 keys; cache capacity 320 + n_new 4");
+    expect_error(
+        [&] {
+          auto a = good();
+          a.kernel = AttentionKernel::warpgroup_resident_kv;
+          a.cache = big.view();
+          a.host_lengths = {};
+          fused_attention(a);
+        },
+        "holds at most 320 keys; cache capacity (no host_lengths) 320 + n_new 4 = 324");
+    expect_error(
+        [&] {
+          auto a = good();
+          a.kernel = AttentionKernel::warpgroup_resident_kv;
+          a.cache = big.view();
+          std::vector<std::int32_t> long_rows(S * H, 3);
+          long_rows[2] = 317;
+          a.host_lengths = long_rows;
+          fused_attention(a);
+        },
+        "holds at most 320 keys; longest host length 317 + n_new 4 = 321");
     expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_resident_kv; a.rows_per_item = 64; fused_attention(a); },
                  "do not apply to the resident-KV kernel");
     {

@@ -84,7 +84,7 @@ enum class AttentionKernel {
   warpgroup_resident_kv,
 };
 
-//! Most keys (cache capacity + new keys) that the resident-KV kernel holds in shared memory.
+//! Most keys (kept cache + new keys) per row that the resident-KV kernel holds in shared memory.
 inline constexpr int kResidentKvMaxKeys = detail::fattn::sm90::ResidentConfig<64, 5>::kKeys;
 
 //! Arguments of one fused attention launch (all pointers are device memory).
@@ -181,11 +181,26 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
     require(detail::fattn::sm90::wgmma_available(),
             "fused attention: kernel = warpgroup_mma needs an sm_90 GPU and code compiled for sm_90a");
   }
+  // Longest kept cache a row can have: the host lengths' maximum when given, else the capacity.
+  std::int64_t max_len = cap;
+  if (!a.host_lengths.empty()) {
+    max_len = 0;
+    require(static_cast<std::int64_t>(a.host_lengths.size()) == S * H,
+            "fused attention: host_lengths has {} entries, expected S*H = {}", a.host_lengths.size(), S * H);
+    for (std::size_t i = 0; i < a.host_lengths.size(); ++i) {
+      require(a.host_lengths[i] >= 0 && a.host_lengths[i] <= cap,
+              "fused attention: cache length of row {} (seq {}, head {}) is {}, outside 0..{} (capacity)", i,
+              static_cast<std::int64_t>(i) / H, static_cast<std::int64_t>(i) % H, a.host_lengths[i], cap);
+      require(a.host_lengths[i] + n_new > 0, "fused attention: row {} has no key to attend to", i);
+      max_len = std::max<std::int64_t>(max_len, a.host_lengths[i]);
+    }
+  }
   if (a.kernel == AttentionKernel::warpgroup_resident_kv) {
     require(d == 64, "fused attention: the resident-KV kernel takes head_dim 64, got {}", d);
-    require(cap + n_new <= kResidentKvMaxKeys,
-            "fused attention: the resident-KV kernel holds at most {} keys; cache capacity {} + n_new {} = {}",
-            kResidentKvMaxKeys, cap, n_new, cap + n_new);
+    require(max_len + n_new <= kResidentKvMaxKeys,
+            "fused attention: the resident-KV kernel holds at most {} keys; {} {} + n_new {} = {}", kResidentKvMaxKeys,
+            a.host_lengths.empty() ? "cache capacity (no host_lengths)" : "longest host length", max_len, n_new,
+            max_len + n_new);
     require(a.rows_per_item == 0 && a.key_tile == 0,
             "fused attention: rows_per_item ({}) and key_tile ({}) do not apply to the resident-KV kernel",
             a.rows_per_item, a.key_tile);
@@ -196,16 +211,6 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
   }
   if (a.kernel == AttentionKernel::warp_mma)
     require(a.key_tile == 0, "fused attention: key_tile ({}) applies to the warpgroup kernel only", a.key_tile);
-  if (!a.host_lengths.empty()) {
-    require(static_cast<std::int64_t>(a.host_lengths.size()) == S * H,
-            "fused attention: host_lengths has {} entries, expected S*H = {}", a.host_lengths.size(), S * H);
-    for (std::size_t i = 0; i < a.host_lengths.size(); ++i) {
-      require(a.host_lengths[i] >= 0 && a.host_lengths[i] <= cap,
-              "fused attention: cache length of row {} (seq {}, head {}) is {}, outside 0..{} (capacity)", i,
-              static_cast<std::int64_t>(i) / H, static_cast<std::int64_t>(i) % H, a.host_lengths[i], cap);
-      require(a.host_lengths[i] + n_new > 0, "fused attention: row {} has no key to attend to", i);
-    }
-  }
   if constexpr (Stats::enabled) {
     require(!a.observers.empty(), "fused attention: a statistic was asked for but the observer set is empty");
     require(a.observers.count >= 0 && a.observers.count <= ObserverSet::kMaxListed,
@@ -244,7 +249,7 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
   const bool resident_kv =
       a.kernel == AttentionKernel::warpgroup_resident_kv ||
       (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && a.key_tile == 0 && d == 64 && nq > 64 &&
-       cap + n_new <= kResidentKvMaxKeys && !every_query_stat && detail::fattn::sm90::wgmma_available());
+       max_len + n_new <= kResidentKvMaxKeys && !every_query_stat && detail::fattn::sm90::wgmma_available());
   if (resident_kv) {
     detail::fattn::sm90::launch_resident<64, 5, Stats>(p, a.observers, stream);
     return;

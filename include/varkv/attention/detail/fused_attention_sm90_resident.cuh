@@ -27,7 +27,7 @@
 
 namespace varkv::detail::fattn::sm90 {
 
-//! D: head dim; KT: resident 64-key tiles (the launch's cap + n_new must be <= 64 KT).
+//! D: head dim; KT: resident 64-key tiles (a row's kept cache + n_new must be <= 64 KT).
 template <int D, int KT>
 struct ResidentConfig {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
@@ -82,8 +82,10 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
   const int qt1 = min(qt0 + p.item_q_tiles, (p.nq + 63) / 64);
   const RowOperands ro(p, row);
   const int len = ro.len, nk = ro.nk;
-  const int tiles = (nk + BN - 1) / BN;  // <= KT: the host checked cap + n_new <= 64 KT and len <= cap
-  if (tiles == 0) {
+  const int tiles = (nk + BN - 1) / BN;
+  // The host checked 64 KT against the longest of its host lengths (or the capacity); a device length
+  // that disagrees gets NaN outputs, never a write past the resident tiles. Also a row without keys.
+  if (tiles == 0 || tiles > KT) {
     write_nan_rows<D>(p, ro.seq, ro.head, qt0 * 64, (qt1 - qt0) * 64);
     return;
   }
