@@ -399,11 +399,12 @@ TEST(FusedAttention, WarpgroupKernelEveryConfiguration) {
 }
 
 // The resident-KV warpgroup kernel (a CTA loads its row's K/V once; its query tiles run over it):
-// every VAR-256 step whose keys fit (cap + n_new <= 320), budgets 0 / 5% / 10% (ragged) and the full
+// every VAR-256 step whose keys fit (kept + n_new <= 384), budgets 0 / 5% / 10% (ragged) and the full
 // cache up to 10x10, with and without listed-observer statistics. Six rows split a row's query tiles
 // over CTAs (one tile per warpgroup); 288 rows keep a row in one CTA, so a warpgroup runs 2 (16x16)
-// or 5 (24x24 over 64 new keys) query tiles over the resident K/V, its next Q copied while it
-// computes; the observer rows run in leading CTAs of the same launch.
+// or 5 (24x24 over 64 new keys) query tiles over the resident K/V, each tile's Q copied into the
+// warpgroup's buffer once the previous tile is done; the observer rows run in leading CTAs of the
+// same launch. 16x16 with up to 128 kept keys fills all six tiles (384 keys).
 TEST(FusedAttention, WarpgroupResidentKvKernel) {
   if (!fused_attention_has_warpgroup_kernel()) GTEST_SKIP() << "the resident-KV kernel needs an sm_90 GPU and an sm_90a build";
   std::vector<Case> cases;
@@ -412,7 +413,7 @@ TEST(FusedAttention, WarpgroupResidentKvKernel) {
     for (double b : kBudgets) {
       if (b == 1.0 && s > 7) continue;  // the full cache of 13x13 and 16x16 does not fit
       Case c{.schedule = "var-256", .scale = s, .S = 2, .H = 3, .d = 64, .budget = b};
-      if (s >= 8) c.cap = 64;  // 10% of 424 or 680 kept slots, ragged: at most ~47 (+ 256 new keys <= 320)
+      if (s >= 8) c.cap = 64;  // 10% of 424 or 680 kept slots, ragged: at most ~47 (+ 256 new keys <= 384)
       c.stat = kStats[i % 3];
       c.var_style = (i % 2 == 1);
       c.kernel = AttentionKernel::warpgroup_resident_kv;
@@ -422,6 +423,12 @@ TEST(FusedAttention, WarpgroupResidentKvKernel) {
   for (int s : {8, 9}) {
     Case c{.schedule = "var-256", .scale = s, .S = 8, .H = 36, .d = 64, .budget = 0.1, .cap = 64};
     c.stat = s == 9 ? StatKind::probability_mass : StatKind::none;
+    c.kernel = AttentionKernel::warpgroup_resident_kv;
+    cases.push_back(c);
+  }
+  {  // ScaleKV's last step: 68 kept (10% of 680) + 256 new; here up to 128 + 256 = 384 (all six tiles)
+    Case c{.schedule = "var-256", .scale = 9, .S = 2, .H = 3, .d = 64, .budget = 0.3, .cap = 128};
+    c.stat = StatKind::probability_mass;
     c.kernel = AttentionKernel::warpgroup_resident_kv;
     cases.push_back(c);
   }
@@ -483,7 +490,7 @@ TEST(FusedAttention, WarpgroupResidentKvDeviceLengthBeyondHostLengths) {
     nan_row1 += std::isnan(__bfloat162float(got_o[nq * d + i]));
   }
   EXPECT_EQ(finite_row0, nq * d) << "row 0 (device length 10, within the resident tiles) must be computed";
-  EXPECT_EQ(nan_row1, nq * d) << "row 1 (device length 300 + 100 new keys > 320) must be NaN";
+  EXPECT_EQ(nan_row1, nq * d) << "row 1 (device length 300 + 100 new keys > 384) must be NaN";
   for (int i = 0; i < nq; ++i) {
     EXPECT_TRUE(std::isfinite(got_lse[i])) << "row 0 LSE " << i;
     EXPECT_TRUE(std::isnan(got_lse[nq + i])) << "row 1 LSE " << i;
@@ -554,18 +561,18 @@ TEST(FusedAttention, LauncherRejectsBadArguments) {
           a.host_lengths = {};
           fused_attention(a);
         },
-        "holds at most 320 keys; cache capacity (no host_lengths) 320 + n_new 4 = 324");
+        "holds at most 384 keys; cache capacity (no host_lengths) 384 + n_new 4 = 388");
     expect_error(
         [&] {
           auto a = good();
           a.kernel = AttentionKernel::warpgroup_resident_kv;
           a.cache = big.view();
           std::vector<std::int32_t> long_rows(S * H, 3);
-          long_rows[2] = 317;
+          long_rows[2] = 381;
           a.host_lengths = long_rows;
           fused_attention(a);
         },
-        "holds at most 320 keys; longest host length 317 + n_new 4 = 321");
+        "holds at most 384 keys; longest host length 381 + n_new 4 = 385");
     expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_resident_kv; a.rows_per_item = 64; fused_attention(a); },
                  "do not apply to the resident-KV kernel");
     {

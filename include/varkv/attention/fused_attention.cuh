@@ -14,7 +14,7 @@
 //! the code is compiled for sm_90a: the streaming one (detail/fused_attention_sm90.cuh: K/V tiles
 //! through cp.async rings, any key count) and the resident-KV one
 //! (detail/fused_attention_sm90_resident.cuh: a CTA loads its row's K/V once and runs all its query
-//! tiles over it; head dim 64, cap + n_new <= 320, i.e. VAR's 10% steps). `automatic` gives them
+//! tiles over it; head dim 64, at most 384 keys per row: VAR's 10% steps). `automatic` gives them
 //! every map of more than 32 queries whose statistic they support (none, or listed observers), the
 //! resident one where the keys fit and the map has more than one 64-row tile. The warp kernel (detail/fused_attention_sm80.cuh: mma.sync
 //! m16n8k16) takes the rest: small maps, where its work packing matters, every-query statistics,
@@ -80,12 +80,13 @@ enum class AttentionKernel {
   warp_mma,       //!< mma.sync kernel: any sm_80+ GPU, every statistic; `rows_per_item` applies
   warpgroup_mma,  //!< wgmma kernel: sm_90 GPU and an sm_90a build; no statistic or listed observers
   //! wgmma kernel with the row's K/V loaded once and kept in shared memory while the CTA's query
-  //! tiles run over it: as warpgroup_mma, and head dim 64 with cap + n_new <= 320 keys
+  //! tiles run over it: as warpgroup_mma, and head dim 64 with at most 384 keys per row (the longest of
+  //! host_lengths, else the cache capacity, + n_new; a row longer on the device gets NaN outputs)
   warpgroup_resident_kv,
 };
 
 //! Most keys (kept cache + new keys) per row that the resident-KV kernel holds in shared memory.
-inline constexpr int kResidentKvMaxKeys = detail::fattn::sm90::ResidentConfig<64, 5>::kKeys;
+inline constexpr int kResidentKvMaxKeys = detail::fattn::sm90::ResidentConfig<64, 6, 1>::kKeys;
 
 //! Arguments of one fused attention launch (all pointers are device memory).
 struct FusedAttentionArgs {
@@ -251,7 +252,7 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
       (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && a.key_tile == 0 && d == 64 && nq > 64 &&
        max_len + n_new <= kResidentKvMaxKeys && !every_query_stat && detail::fattn::sm90::wgmma_available());
   if (resident_kv) {
-    detail::fattn::sm90::launch_resident<64, 5, Stats>(p, a.observers, stream);
+    detail::fattn::sm90::launch_resident<64, 6, 1, Stats>(p, a.observers, stream);
     return;
   }
   const bool warpgroup =

@@ -118,6 +118,12 @@ __device__ __forceinline__ void add_key_stat_column(const Params& p, float x, in
 // the warps' partial (max, sum) are merged in shared memory), pass 2 adds exp(s - lse) per key.
 // Cost O(n_observers x n_k) per row, K read once or twice, and the attention work items stay
 // exactly the NoStats ones.
+//! Shared memory of the observer CTAs: 16 query rows and two 32-key tiles per warp, then the warps'
+//! partial (max, sum) per observer (all dynamic: a static array would add to every CTA of the
+//! kernel and can cost the launch a CTA per SM).
+template <int D, int NW = 4>
+inline constexpr int kObserverSmemBytes = (16 + NW * 2 * 32) * D * 2 + 2 * NW * 16 * 4;
+
 template <int D, class Stats, int NW = 4>
 __device__ void observer_pass(const Params& p, const ObserverSet& obs, int row, unsigned char* smem) {
   constexpr int NO = 32, NT = NO / 8, DT = D / 8, KS = D / 16;
@@ -128,7 +134,8 @@ __device__ void observer_pass(const Params& p, const ObserverSet& obs, int row, 
   const int nk = len + p.n_new, tiles = (nk + NO - 1) / NO;
   bf16* sQ = reinterpret_cast<bf16*>(smem);
   bf16* const sK0 = sQ + (16 + warp * 2 * NO) * D;  // warp-private double buffer: sK0, sK0 + NO * D
-  __shared__ float s_m[NW][16], s_l[NW][16];
+  float (*s_m)[16] = reinterpret_cast<float (*)[16]>(smem + (16 + NW * 2 * NO) * D * 2);
+  float (*s_l)[16] = s_m + NW;
   const bf16* qb = p.q + seq * p.q_s[0] + head * p.q_s[1];
   const bf16* ckb = p.ck + seq * p.ck_s[0] + head * p.ck_s[1];
   const bf16* nkb = p.nk + seq * p.nk_s[0] + head * p.nk_s[1];
@@ -248,9 +255,6 @@ __device__ void observer_pass(const Params& p, const ObserverSet& obs, int row, 
   }
 }
 
-//! Shared memory of the observer CTAs: 16 query rows and two 32-key tiles per warp.
-template <int D, int NW = 4>
-inline constexpr int kObserverSmemBytes = (16 + NW * 2 * 32) * D * 2;
 template <class T, int R>
 void fill_strides(std::int64_t (&dst)[3], const TensorView<T, R>& v) {
   for (int i = 0; i < 3 && i < R; ++i) dst[i] = v.stride(i);

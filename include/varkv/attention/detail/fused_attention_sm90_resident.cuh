@@ -5,12 +5,18 @@
 //! \par Overview
 //! Same contract and per-warpgroup math (`WarpgroupRows`) as the streaming warpgroup kernel
 //! (fused_attention_sm90.cuh), for rows whose keys (kept cache + the scale's own) fit in shared
-//! memory: VAR's 10% steps hold at most ~300 keys. There, the streaming kernel's CTAs (one per 64 or
+//! memory: VAR's 10% steps hold at most ~330 keys (ScaleKV's last: 68 kept + 256). There, the streaming kernel's CTAs (one per 64 or
 //! 128 query rows) each load their row's whole K/V again (three times per row at 13x13) and each
 //! pays the load latency before its first MMA, so the short steps run at half the copy ceiling.
 //! Here a CTA serves `item_q_tiles` 64-row query tiles of one (sequence, head) row: K and V land once
 //! in KT resident 64-key tiles; each of the two warpgroups runs the query tiles w, w + 2, ... over
-//! them, copying its next query tile while it computes the current one.
+//! them. With QB = 2 query buffers per warpgroup the next Q tile is copied while the current one
+//! computes; the library launches KT = 6, QB = 1 (384 keys, the next Q copied after the current tile,
+//! its latency covered by the SM's other CTA): both fit two CTAs per SM.
+//!
+//! \par Statistics
+//! Listed observers: leading CTAs of the same launch run the observer pass (observer_pass, 8 warps),
+//! one per (sequence, head) row. Every-query statistics stay on the warp kernel.
 //!
 //! \par Synchronisation
 //! One cp.async group per key tile: the first query tile of each warpgroup starts on key tile 0 as
@@ -27,17 +33,20 @@
 
 namespace varkv::detail::fattn::sm90 {
 
-//! D: head dim; KT: resident 64-key tiles (a row's kept cache + n_new must be <= 64 KT).
-template <int D, int KT>
+//! D: head dim; KT: resident 64-key tiles (a row's kept cache + n_new must be <= 64 KT); QB: query
+//! tile buffers per warpgroup (2: the next Q is copied while the current one computes; 1: after it,
+//! which leaves room for a sixth key tile at two CTAs per SM).
+template <int D, int KT, int QB>
 struct ResidentConfig {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(KT >= 1 && KT <= 8, "1 to 8 resident key tiles");
+  static_assert(QB == 1 || QB == 2, "one or two query buffers per warpgroup");
   static constexpr int kThreads = 256;  // two consumer warpgroups
   static constexpr int kBN = 64;
   static constexpr int kKeys = KT * kBN;
   static constexpr int kTileBytes = kBN * D * 2;
-  static constexpr int kQBytes = 64 * D * 2;  // one warpgroup's query tile; two buffers per warpgroup
-  static constexpr int kSmemBytes = 2 * KT * kTileBytes + 4 * kQBytes + 1024;
+  static constexpr int kQBytes = 64 * D * 2;  // one warpgroup's query tile
+  static constexpr int kSmemBytes = 2 * KT * kTileBytes + 2 * QB * kQBytes + 1024;
   // Two CTAs per SM where shared memory allows (228 KB per SM, 1 KB reserved per CTA): one loads
   // while the other computes.
   static constexpr int kMinBlocks = 2 * (kSmemBytes + 1024) <= 228 * 1024 ? 2 : 1;
@@ -62,11 +71,11 @@ __device__ __forceinline__ void warpgroup_barrier(int wg) {
 }
 #endif
 
-template <int D, int KT, class Stats>
-__global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
+template <int D, int KT, int QB, class Stats>
+__global__ void __launch_bounds__(256, (ResidentConfig<D, KT, QB>::kMinBlocks))
     fused_attention_wgmma_resident_kernel(const Params p, const ObserverSet obs) {
 #if VARKV_WGMMA_DEVICE
-  using C = ResidentConfig<D, KT>;
+  using C = ResidentConfig<D, KT, QB>;
   constexpr int BN = C::kBN;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(
@@ -96,7 +105,7 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
   bf16* const sQ = sV + KT * BN * D;  // [warpgroup][buffer] 64 x D tiles
   auto k_buf = [&](int t) { return sK + t * (BN * D); };
   auto v_buf = [&](int t) { return sV + t * (BN * D); };
-  auto q_buf = [&](int b) { return sQ + (wg * 2 + b) * (64 * D); };
+  auto q_buf = [&](int b) { return sQ + (wg * QB + b) * (64 * D); };
 
   auto load_kv = [&](int t) {  // by all 256 threads
     copy_key_tile<D, BN, C::kThreads>(k_buf(t), ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], t, len, nk, tid, p.q);
@@ -116,8 +125,8 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
     load_kv(t);
     cp_commit();
   }
-  load_q(first + 2, 1);
-  cp_commit();
+  if constexpr (QB == 2) load_q(first + 2, 1);
+  cp_commit();  // (empty with one buffer: the group counts stay the same)
 
   // First pass: before key tile t, its group has landed (later key tiles and the next Q may still be
   // in flight) and is visible to both warpgroups.
@@ -130,20 +139,21 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
   WarpgroupRows<D, BN> rows;
   int j = 0;
   for (int qt = first; qt < qt1; qt += 2, ++j) {
-    const bf16* q = q_buf(j & 1);
+    const bf16* q = q_buf(QB == 2 ? (j & 1) : 0);
     const std::uint64_t q_desc0 = smem_desc(q, 16, 1024);
     auto q_desc = [&](int kk) { return q_desc0 + k_step<64>(kk); };
     if (j == 0) {
       rows.attend(tiles, nk, p.scale_log2, tq, q_desc, k_buf, v_buf, first_pass_wait);
     } else {
-      cp_wait<1>();  // this query tile's Q landed (the next one may be in flight)
+      cp_wait<QB - 1>();  // this query tile's Q landed (with two buffers the next one may be in flight)
       fence_proxy_async();
       warpgroup_barrier(wg);
       rows.attend(tiles, nk, p.scale_log2, tq, q_desc, k_buf, v_buf, resident);
     }
     rows.store(p, ro.seq, ro.head, qt * 64 + w4 * 16, ro.bad_len, g, tq);
     warpgroup_barrier(wg);  // every thread's wgmma on this Q buffer completed: refill it
-    load_q(qt + 4, j & 1);
+    if constexpr (QB == 2) load_q(qt + 4, j & 1);
+    else load_q(qt + 2, 0);
     cp_commit();
   }
   if (j == 0) {  // no query tile for this warpgroup: it still meets the first pass's CTA barriers
@@ -167,10 +177,10 @@ inline int resident_item_q_tiles(int rows, int nq, int sm_count) {
   return per;
 }
 
-template <int D, int KT, class Stats>
+template <int D, int KT, int QB, class Stats>
 void launch_resident(Params p, const ObserverSet& obs, cudaStream_t stream) {
-  using C = ResidentConfig<D, KT>;
-  auto kernel = fused_attention_wgmma_resident_kernel<D, KT, Stats>;
+  using C = ResidentConfig<D, KT, QB>;
+  auto kernel = fused_attention_wgmma_resident_kernel<D, KT, QB, Stats>;
   constexpr int smem = Stats::enabled ? std::max(C::kSmemBytes, kObserverSmemBytes<D, 8> + 1024) : C::kSmemBytes;
   static const bool attr = [&] {
     VARKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
