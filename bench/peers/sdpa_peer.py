@@ -93,6 +93,8 @@ def main():
                     help="print the targets from an earlier run's JSON and --ours; measures nothing")
     args = ap.parse_args()
     if args.summarize:
+        if not args.ours:
+            ap.error("--summarize needs --ours OURS_JSON (varkv_bench_gpu_attention's --benchmark_out)")
         with open(args.summarize) as f:
             summarize(json.load(f), args.ours)
         return

@@ -86,7 +86,7 @@ enum class AttentionKernel {
 };
 
 //! Most keys (kept cache + new keys) per row that the resident-KV kernel holds in shared memory.
-inline constexpr int kResidentKvMaxKeys = detail::fattn::sm90::ResidentConfig<64, 6, 1>::kKeys;
+inline constexpr int kResidentKvMaxKeys = detail::fattn::sm90::ResidentConfig<64, 6>::kKeys;
 
 //! Arguments of one fused attention launch (all pointers are device memory).
 struct FusedAttentionArgs {
@@ -252,7 +252,7 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
       (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && a.key_tile == 0 && d == 64 && nq > 64 &&
        max_len + n_new <= kResidentKvMaxKeys && !every_query_stat && detail::fattn::sm90::wgmma_available());
   if (resident_kv) {
-    detail::fattn::sm90::launch_resident<64, 6, 1, Stats>(p, a.observers, stream);
+    detail::fattn::sm90::launch_resident<64, 6, Stats>(p, a.observers, stream);
     return;
   }
   const bool warpgroup =

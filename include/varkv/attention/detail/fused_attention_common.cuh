@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include "varkv/attention/attention_stats.hpp"
+#include "varkv/core/cuda_check.cuh"
 #include "varkv/core/error.hpp"
 #include "varkv/core/tensor_view.hpp"
 
@@ -253,6 +254,17 @@ __device__ void observer_pass(const Params& p, const ObserverSet& obs, int row, 
         }
     });
   }
+}
+
+//! Raises Kernel's dynamic shared-memory limit to Bytes, once per (kernel, size): the attribute call
+//! is cheap but not free, and launchers run once per layer and scale step.
+template <auto Kernel, int Bytes>
+void raise_dynamic_smem_once() {
+  static const bool done = [] {
+    VARKV_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Bytes));
+    return true;
+  }();
+  (void)done;
 }
 
 template <class T, int R>

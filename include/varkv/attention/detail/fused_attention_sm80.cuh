@@ -113,14 +113,21 @@ __global__ void __launch_bounds__(128) fused_attention_kernel(const Params p, co
     group_obs = obs.any_in(q0, min(q0 + C::kRows, p.nq));
   }
   // Adds per-column values of key tile t to key_stat, summed over the warp's rows.
-  [[maybe_unused]] auto add_columns = [&](float (&v)[NT][2], int t) {
+  // Adds, per key column of tile t, f(logit, mt, h) summed over this warp's observing rows (row half
+  // h of m-tile mt); f turns a raw logit into the statistic's per-query term.
+  [[maybe_unused]] auto add_observer_columns = [&](const float (&s)[MT][NT][4], int t, auto&& f) {
+    float v[NT][2] = {};
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          v[nt][e] += (obs_row[mt][0] ? f(s[mt][nt][e], mt, 0) : 0.f) + (obs_row[mt][1] ? f(s[mt][nt][2 + e], mt, 1) : 0.f);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float x = v[nt][e];
-        add_key_stat_column(p, x, t * N + nt * 8 + 2 * tq + e, nk, len, seq, head, g);
-      }
+      for (int e = 0; e < 2; ++e) add_key_stat_column(p, v[nt][e], t * N + nt * 8 + 2 * tq + e, nk, len, seq, head, g);
   };
   // S = Q K^T for the warp's MT x 16 rows and the N keys of the tile in `kbuf`.
   auto qk = [&](float (&s)[MT][NT][4], const bf16* kbuf, bool load_q) {
@@ -165,18 +172,7 @@ __global__ void __launch_bounds__(128) fused_attention_kernel(const Params p, co
     cp_commit();
 
     if constexpr (kItemLogits) {
-      if (warp_obs) {
-        float v[NT][2] = {};
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e)
-              v[nt][e] += (obs_row[mt][0] ? s[mt][nt][e] * p.scale : 0.f) +
-                          (obs_row[mt][1] ? s[mt][nt][2 + e] * p.scale : 0.f);
-        add_columns(v, t);
-      }
+      if (warp_obs) add_observer_columns(s, t, [&](float x, int, int) { return x * p.scale; });
     }
 
     // Online softmax in the log2 domain.
@@ -299,16 +295,7 @@ __global__ void __launch_bounds__(128) fused_attention_kernel(const Params p, co
       if (!warp_obs) continue;
       float s[MT][NT][4];
       qk(s, cur, false);
-      float v[NT][2] = {};
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            v[nt][e] += (obs_row[mt][0] ? exp2f(s[mt][nt][e] * p.scale_log2 - lse2[mt][0]) : 0.f) +
-                        (obs_row[mt][1] ? exp2f(s[mt][nt][2 + e] * p.scale_log2 - lse2[mt][1]) : 0.f);
-      add_columns(v, t);
+      add_observer_columns(s, t, [&](float x, int mt, int h) { return exp2f(x * p.scale_log2 - lse2[mt][h]); });
     }
   }
 }
@@ -316,14 +303,9 @@ __global__ void __launch_bounds__(128) fused_attention_kernel(const Params p, co
 template <int D, int G, int MT, class Stats, bool kListed>
 void launch_kernel(Params p, const ObserverSet& obs, cudaStream_t stream) {
   using C = Config<D, G, MT>;
-  auto kernel = fused_attention_kernel<D, G, MT, Stats, kListed>;
+  constexpr auto kernel = fused_attention_kernel<D, G, MT, Stats, kListed>;
   constexpr int smem = kListed ? std::max(C::kSmemBytes, kObserverSmemBytes<D>) : C::kSmemBytes;
-  // Raising the dynamic shared-memory limit is cheap but not free: once per instantiation.
-  static const bool attr = [&] {
-    VARKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)attr;
+  raise_dynamic_smem_once<kernel, smem>();
   p.q_tiles = (p.nq + C::kRows - 1) / C::kRows;
   p.total_items = p.S * p.H * p.q_tiles;
   p.obs_blocks = kListed ? p.S * p.H : 0;

@@ -488,13 +488,9 @@ inline bool wgmma_available() {
 template <int D, int WG, int BN, int STAGES, class Stats>
 void launch(Params p, const ObserverSet& obs, cudaStream_t stream) {
   using C = Config<D, WG, BN, STAGES>;
-  auto kernel = fused_attention_wgmma_kernel<D, WG, BN, STAGES, Stats>;
+  constexpr auto kernel = fused_attention_wgmma_kernel<D, WG, BN, STAGES, Stats>;
   constexpr int smem = Stats::enabled ? std::max(C::kSmemBytes, kObserverSmemBytes<D, 4 * WG> + 1024) : C::kSmemBytes;
-  static const bool attr = [&] {
-    VARKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)attr;
+  raise_dynamic_smem_once<kernel, smem>();
   p.q_tiles = (p.nq + C::kRows - 1) / C::kRows;
   p.total_items = p.S * p.H * p.q_tiles;
   p.obs_blocks = Stats::enabled ? p.S * p.H : 0;

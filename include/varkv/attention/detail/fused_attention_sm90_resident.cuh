@@ -10,9 +10,9 @@
 //! pays the load latency before its first MMA, so the short steps run at half the copy ceiling.
 //! Here a CTA serves `item_q_tiles` 64-row query tiles of one (sequence, head) row: K and V land once
 //! in KT resident 64-key tiles; each of the two warpgroups runs the query tiles w, w + 2, ... over
-//! them. With QB = 2 query buffers per warpgroup the next Q tile is copied while the current one
-//! computes; the library launches KT = 6, QB = 1 (384 keys, the next Q copied after the current tile,
-//! its latency covered by the SM's other CTA): both fit two CTAs per SM.
+//! them, each warpgroup copying its next Q tile into its one buffer once the current tile is done (the
+//! SM's other CTA covers that latency; a second buffer per warpgroup measured no faster and would
+//! cost a key tile: six tiles, 384 keys, at two CTAs per SM).
 //!
 //! \par Statistics
 //! Listed observers: leading CTAs of the same launch run the observer pass (observer_pass, 8 warps),
@@ -33,20 +33,17 @@
 
 namespace varkv::detail::fattn::sm90 {
 
-//! D: head dim; KT: resident 64-key tiles (a row's kept cache + n_new must be <= 64 KT); QB: query
-//! tile buffers per warpgroup (2: the next Q is copied while the current one computes; 1: after it,
-//! which leaves room for a sixth key tile at two CTAs per SM).
-template <int D, int KT, int QB>
+//! D: head dim; KT: resident 64-key tiles (a row's kept cache + n_new must be <= 64 KT).
+template <int D, int KT>
 struct ResidentConfig {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(KT >= 1 && KT <= 8, "1 to 8 resident key tiles");
-  static_assert(QB == 1 || QB == 2, "one or two query buffers per warpgroup");
   static constexpr int kThreads = 256;  // two consumer warpgroups
   static constexpr int kBN = 64;
   static constexpr int kKeys = KT * kBN;
   static constexpr int kTileBytes = kBN * D * 2;
-  static constexpr int kQBytes = 64 * D * 2;  // one warpgroup's query tile
-  static constexpr int kSmemBytes = 2 * KT * kTileBytes + 2 * QB * kQBytes + 1024;
+  static constexpr int kQBytes = 64 * D * 2;  // one query tile buffer per warpgroup
+  static constexpr int kSmemBytes = 2 * KT * kTileBytes + 2 * kQBytes + 1024;
   // Two CTAs per SM where shared memory allows (228 KB per SM, 1 KB reserved per CTA): one loads
   // while the other computes.
   static constexpr int kMinBlocks = 2 * (kSmemBytes + 1024) <= 228 * 1024 ? 2 : 1;
@@ -71,11 +68,11 @@ __device__ __forceinline__ void warpgroup_barrier(int wg) {
 }
 #endif
 
-template <int D, int KT, int QB, class Stats>
-__global__ void __launch_bounds__(256, (ResidentConfig<D, KT, QB>::kMinBlocks))
+template <int D, int KT, class Stats>
+__global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
     fused_attention_wgmma_resident_kernel(const Params p, const ObserverSet obs) {
 #if VARKV_WGMMA_DEVICE
-  using C = ResidentConfig<D, KT, QB>;
+  using C = ResidentConfig<D, KT>;
   constexpr int BN = C::kBN;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(
@@ -105,55 +102,51 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT, QB>::kMinBlocks))
   bf16* const sQ = sV + KT * BN * D;  // [warpgroup][buffer] 64 x D tiles
   auto k_buf = [&](int t) { return sK + t * (BN * D); };
   auto v_buf = [&](int t) { return sV + t * (BN * D); };
-  auto q_buf = [&](int b) { return sQ + (wg * QB + b) * (64 * D); };
+  bf16* const q_buf = sQ + wg * (64 * D);
 
   auto load_kv = [&](int t) {  // by all 256 threads
     copy_key_tile<D, BN, C::kThreads>(k_buf(t), ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], t, len, nk, tid, p.q);
     copy_key_tile<D, BN, C::kThreads>(v_buf(t), ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], t, len, nk, tid, p.q);
   };
-  // Query tile qt into this warpgroup's buffer b (its 128 threads only); nothing past the item.
-  auto load_q = [&](int qt, int b) {
-    if (qt < qt1) copy_query_rows<D>(q_buf(b), 64, ro.q, p.q_s[2], qt * 64, p.nq, tid & 127, 128, p.q);
+  // Query tile qt into this warpgroup's buffer (its 128 threads only); nothing past the item.
+  auto load_q = [&](int qt) {
+    if (qt < qt1) copy_query_rows<D>(q_buf, 64, ro.q, p.q_s[2], qt * 64, p.nq, tid & 127, 128, p.q);
   };
 
-  // Groups, per thread: {own first Q tile, K_0, V_0}, {K_t, V_t} for t = 1 .. tiles-1, {own second Q tile}.
+  // Groups, per thread: {own first Q tile, K_0, V_0}, then {K_t, V_t} for t = 1 .. tiles-1.
   const int first = qt0 + wg;
-  load_q(first, 0);
+  load_q(first);
   load_kv(0);
   cp_commit();
   for (int t = 1; t < tiles; ++t) {
     load_kv(t);
     cp_commit();
   }
-  if constexpr (QB == 2) load_q(first + 2, 1);
-  cp_commit();  // (empty with one buffer: the group counts stay the same)
 
-  // First pass: before key tile t, its group has landed (later key tiles and the next Q may still be
-  // in flight) and is visible to both warpgroups.
+  // First pass: before key tile t, its group has landed (later key tiles may still be in flight) and
+  // is visible to both warpgroups.
   auto first_pass_wait = [&](int t) {
-    cp_wait_at_most<KT>(tiles - t);
+    cp_wait_at_most<KT>(tiles - 1 - t);
     fence_proxy_async();
     __syncthreads();
   };
   auto resident = [](int) {};
   WarpgroupRows<D, BN> rows;
+  const std::uint64_t q_desc0 = smem_desc(q_buf, 16, 1024);
+  auto q_desc = [&](int kk) { return q_desc0 + k_step<64>(kk); };
   int j = 0;
   for (int qt = first; qt < qt1; qt += 2, ++j) {
-    const bf16* q = q_buf(QB == 2 ? (j & 1) : 0);
-    const std::uint64_t q_desc0 = smem_desc(q, 16, 1024);
-    auto q_desc = [&](int kk) { return q_desc0 + k_step<64>(kk); };
     if (j == 0) {
       rows.attend(tiles, nk, p.scale_log2, tq, q_desc, k_buf, v_buf, first_pass_wait);
     } else {
-      cp_wait<QB - 1>();  // this query tile's Q landed (with two buffers the next one may be in flight)
+      cp_wait<0>();  // this query tile's Q landed
       fence_proxy_async();
       warpgroup_barrier(wg);
       rows.attend(tiles, nk, p.scale_log2, tq, q_desc, k_buf, v_buf, resident);
     }
     rows.store(p, ro.seq, ro.head, qt * 64 + w4 * 16, ro.bad_len, g, tq);
-    warpgroup_barrier(wg);  // every thread's wgmma on this Q buffer completed: refill it
-    if constexpr (QB == 2) load_q(qt + 4, j & 1);
-    else load_q(qt + 2, 0);
+    warpgroup_barrier(wg);  // every thread's wgmma on the Q buffer completed: refill it
+    load_q(qt + 2);
     cp_commit();
   }
   if (j == 0) {  // no query tile for this warpgroup: it still meets the first pass's CTA barriers
@@ -177,16 +170,12 @@ inline int resident_item_q_tiles(int rows, int nq, int sm_count) {
   return per;
 }
 
-template <int D, int KT, int QB, class Stats>
+template <int D, int KT, class Stats>
 void launch_resident(Params p, const ObserverSet& obs, cudaStream_t stream) {
-  using C = ResidentConfig<D, KT, QB>;
-  auto kernel = fused_attention_wgmma_resident_kernel<D, KT, QB, Stats>;
+  using C = ResidentConfig<D, KT>;
+  constexpr auto kernel = fused_attention_wgmma_resident_kernel<D, KT, Stats>;
   constexpr int smem = Stats::enabled ? std::max(C::kSmemBytes, kObserverSmemBytes<D, 8> + 1024) : C::kSmemBytes;
-  static const bool attr = [&] {
-    VARKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)attr;
+  raise_dynamic_smem_once<kernel, smem>();
   int dev = 0, sms = 0;
   VARKV_CUDA_CHECK(cudaGetDevice(&dev));
   VARKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
