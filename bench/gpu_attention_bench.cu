@@ -146,7 +146,8 @@ void BM_attention(benchmark::State& state, ModelGeometry geo, std::string sched_
   a.rows_per_item = rows;
   a.kernel = kernel;
   a.key_tile = key_tile;
-  if ((kernel == AttentionKernel::warpgroup_mma || kernel == AttentionKernel::warpgroup_resident_kv) &&
+  if ((kernel == AttentionKernel::warpgroup_mma || kernel == AttentionKernel::warpgroup_resident_kv ||
+       kernel == AttentionKernel::warpgroup_specialized) &&
       !fused_attention_has_warpgroup_kernel()) {
     state.SkipWithError("the warpgroup kernel needs an sm_90 GPU and an sm_90a build");
     return;
@@ -363,6 +364,7 @@ void register_all() {
                               : kernel == AttentionKernel::warpgroup_mma
                                   ? "/wgmma" + (key_tile ? "-k" + std::to_string(key_tile) : std::string())
                               : kernel == AttentionKernel::warpgroup_resident_kv ? "/wgmma-resident"
+                              : kernel == AttentionKernel::warpgroup_specialized ? "/wgmma-specialized"
                                                                                  : "");
     benchmark::RegisterBenchmark(name.c_str(), BM_attention, g, sched, images, scale, budget, stat, rows, kernel,
                                  key_tile)
@@ -380,6 +382,7 @@ void register_all() {
   for (int s = 6; s < 10; ++s)
     for (double budget : {1.0, 0.1}) {
       reg_attn(geometries::var_d30(), var, 64, s, budget, StatMode::none, 0, AttentionKernel::warp_mma);
+      reg_attn(geometries::var_d30(), var, 64, s, budget, StatMode::none, 0, AttentionKernel::warpgroup_specialized);
       for (int tile : {64, 128})
         reg_attn(geometries::var_d30(), var, 64, s, budget, StatMode::none, 0, AttentionKernel::warpgroup_mma, tile);
     }
@@ -402,8 +405,15 @@ void register_all() {
         for (double budget : {1.0, 0.1})
           if (budget < 1.0 || s <= 7)
             reg_attn(g, var, images, s, budget, StatMode::none, 0, AttentionKernel::warpgroup_resident_kv);
+  // Infinity's maps of 144 .. 1600 queries: the warp-specialised kernel (automatic's choice at head
+  // dim 128) against the streaming one.
+  for (int images : {1, 4})
+    for (int s = 5; s < 10; ++s)
+      for (double budget : {1.0, 0.1})
+        reg_attn(geometries::infinity_2b(), inf, images, s, budget, StatMode::none, 0, AttentionKernel::warpgroup_mma);
   for (int s : {10, 11, 12})
     for (double budget : {1.0, 0.1}) {
+      reg_attn(geometries::infinity_2b(), inf, 4, s, budget, StatMode::none, 0, AttentionKernel::warpgroup_specialized);
       reg_attn(geometries::infinity_2b(), inf, 4, s, budget, StatMode::none, 64, AttentionKernel::warpgroup_mma);
       reg_attn(geometries::infinity_2b(), inf, 4, s, budget, StatMode::none, 0, AttentionKernel::warp_mma);
       for (int tile : {64, 128})

@@ -56,6 +56,7 @@ std::string name(const Case& c) {
          (c.var_style ? " var-style" : "") + (c.rows ? " rows " + std::to_string(c.rows) : "") +
          (c.kernel == AttentionKernel::warpgroup_mma           ? " warpgroup-kernel"
           : c.kernel == AttentionKernel::warpgroup_resident_kv ? " resident-kv-kernel"
+          : c.kernel == AttentionKernel::warpgroup_specialized ? " specialized-kernel"
           : c.kernel == AttentionKernel::warp_mma              ? " warp-kernel"
                                                                : "") +
          (c.key_tile ? " key-tile " + std::to_string(c.key_tile) : "") +
@@ -447,6 +448,41 @@ TEST(FusedAttention, WarpgroupResidentKvKernel) {
   run_all(cases);
 }
 
+// The warp-specialised warpgroup kernel (producer warpgroup + two consumers taking turns): maps
+// smaller than its 128-row CTA (3x3, 8x8), padded (10x10), several CTAs per row (16x16, 32x32 at
+// var-512), one key tile (2x2) and rows of 1..85 tiles, so the K and V rings wrap many times;
+// budgets 0 / 5% / 10% / 100% (ragged: tiles straddle the cache/new boundary at different keys),
+// both head dims, no statistic and both listed-observer statistics (observer CTAs of 12 warps);
+// Infinity's last scale (10,521 keys, 83 tiles of 128 per row) at full and 10% budget.
+TEST(FusedAttention, WarpgroupSpecializedKernel) {
+  if (!fused_attention_has_warpgroup_kernel()) GTEST_SKIP() << "the warp-specialised kernel needs an sm_90 GPU and an sm_90a build";
+  std::vector<Case> cases;
+  int i = 0;
+  for (int d : {64, 128})
+    for (int s : {1, 2, 6, 7, 9})
+      for (double b : kBudgets) {
+        Case c{.schedule = "var-256", .scale = s, .S = 2, .H = 3, .d = d, .budget = b};
+        c.stat = kStats[i % 3];
+        c.var_style = (i % 2 == 1);
+        c.kernel = AttentionKernel::warpgroup_specialized;
+        cases.push_back(c);
+        ++i;
+      }
+  {
+    Case c{.schedule = "var-512", .scale = 9, .S = 1, .H = 2, .d = 128, .budget = 1.0};
+    c.stat = StatKind::probability_mass;
+    c.kernel = AttentionKernel::warpgroup_specialized;
+    cases.push_back(c);
+  }
+  for (double b : {1.0, 0.1}) {
+    Case c{.schedule = "infinity-1024", .scale = 12, .S = 2, .H = 1, .d = 128, .budget = b};
+    c.stat = b == 1.0 ? StatKind::none : StatKind::logit_sum;
+    c.kernel = AttentionKernel::warpgroup_specialized;
+    cases.push_back(c);
+  }
+  run_all(cases);
+}
+
 // Host lengths that understate a device length: the resident kernel never writes past its tiles;
 // that row's outputs are NaN, the other row's are computed.
 TEST(FusedAttention, WarpgroupResidentKvDeviceLengthBeyondHostLengths) {
@@ -575,6 +611,17 @@ TEST(FusedAttention, LauncherRejectsBadArguments) {
         "holds at most 384 keys; longest host length 381 + n_new 4 = 385");
     expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_resident_kv; a.rows_per_item = 64; fused_attention(a); },
                  "do not apply to the resident-KV kernel");
+    expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_specialized; a.key_tile = 64; fused_attention(a); },
+                 "do not apply to the warp-specialised kernel");
+    expect_error(
+        [&] {
+          auto a = good();
+          a.kernel = AttentionKernel::warpgroup_specialized;
+          a.observers = ObserverSet::every_query();
+          a.key_stat = make_view<3>("key_stat", stat.data(), {S, H, cap + n_new});
+          fused_attention<ObserverLogitSum>(a);
+        },
+        "warp-specialised kernel has no every-query statistic");
     {
       DeviceLayerCache<bf16> c128(S, H, 128, cap);
       DeviceBuffer<bf16> q128(S * H * nq * 128), k128(S * H * n_new * 128), o128(S * H * nq * 128);

@@ -9,16 +9,19 @@
 //! writes O in bf16 and the natural-log LSE in fp32.
 //!
 //! \par Kernels
-//! Three kernels share this contract (`FusedAttentionArgs::kernel`). Two are warpgroup kernels
+//! Four kernels share this contract (`FusedAttentionArgs::kernel`). Three are warpgroup kernels
 //! (wgmma, 64 query rows per warpgroup, softmax overlapped with the P V product) for sm_90 GPUs when
 //! the code is compiled for sm_90a: the streaming one (detail/fused_attention_sm90.cuh: K/V tiles
-//! through cp.async rings, any key count) and the resident-KV one
+//! through cp.async rings, any key count), the resident-KV one
 //! (detail/fused_attention_sm90_resident.cuh: a CTA loads its row's K/V once and runs all its query
-//! tiles over it; head dim 64, at most 384 keys per row: VAR's 10% steps). `automatic` gives them
-//! every map of more than 32 queries whose statistic they support (none, or listed observers), the
-//! resident one where the keys fit and the map has more than one 64-row tile. The warp kernel (detail/fused_attention_sm80.cuh: mma.sync
-//! m16n8k16) takes the rest: small maps, where its work packing matters, every-query statistics,
-//! and GPUs without wgmma.
+//! tiles over it; head dim 64, at most 384 keys per row: VAR's 10% steps) and the warp-specialised
+//! one (detail/fused_attention_sm90_specialized.cuh: a producer warpgroup copies, two consumer
+//! warpgroups take turns on the tensor cores; 128 query rows per CTA: Infinity's head dim 128).
+//! `automatic` gives them every map of more than 32 queries whose statistic they support (none, or
+//! listed observers): at head dim 128 with more than 64 queries the warp-specialised one; at head dim
+//! 64 the resident one where the keys fit and the map has more than one 64-row tile, else the
+//! streaming one. The warp kernel (detail/fused_attention_sm80.cuh: mma.sync m16n8k16) takes the
+//! rest: small maps, where its work packing matters, every-query statistics, and GPUs without wgmma.
 //!
 //! \par Work packing (warp kernel)
 //! A CTA has 4 warps. A work item is 16 x MT x G query rows of one (sequence, head) row (each warp
@@ -64,6 +67,7 @@
 #include "varkv/attention/detail/fused_attention_sm80.cuh"
 #include "varkv/attention/detail/fused_attention_sm90.cuh"
 #include "varkv/attention/detail/fused_attention_sm90_resident.cuh"
+#include "varkv/attention/detail/fused_attention_sm90_specialized.cuh"
 #include "varkv/cache/device_layer_cache.cuh"
 #include "varkv/core/cuda_check.cuh"
 #include "varkv/core/error.hpp"
@@ -75,14 +79,18 @@ using bf16 = __nv_bfloat16;
 
 //! Which kernel runs a fused attention launch.
 enum class AttentionKernel {
-  automatic,      //!< where a wgmma kernel can run and n_q > 32: the resident-KV one when n_q > 64 and its keys fit, else
-                  //!< the streaming one; otherwise the warp kernel
+  automatic,      //!< where a wgmma kernel can run and n_q > 32: at head dim 128 and n_q > 64 the warp-specialised
+                  //!< one; the resident-KV one when n_q > 64 and its keys fit; else the streaming one;
+                  //!< otherwise the warp kernel
   warp_mma,       //!< mma.sync kernel: any sm_80+ GPU, every statistic; `rows_per_item` applies
   warpgroup_mma,  //!< wgmma kernel: sm_90 GPU and an sm_90a build; no statistic or listed observers
   //! wgmma kernel with the row's K/V loaded once and kept in shared memory while the CTA's query
   //! tiles run over it: as warpgroup_mma, and head dim 64 with at most 384 keys per row (the longest of
   //! host_lengths, else the cache capacity, + n_new; a row longer on the device gets NaN outputs)
   warpgroup_resident_kv,
+  //! warp-specialised wgmma kernel (a producer warpgroup copies, two consumer warpgroups take turns
+  //! on the tensor cores): as warpgroup_mma, 128 query rows per CTA; for long rows
+  warpgroup_specialized,
 };
 
 //! Most keys (kept cache + new keys) per row that the resident-KV kernel holds in shared memory.
@@ -210,6 +218,15 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
     require(detail::fattn::sm90::wgmma_available(),
             "fused attention: kernel = warpgroup_resident_kv needs an sm_90 GPU and code compiled for sm_90a");
   }
+  if (a.kernel == AttentionKernel::warpgroup_specialized) {
+    require(a.rows_per_item == 0 && a.key_tile == 0,
+            "fused attention: rows_per_item ({}) and key_tile ({}) do not apply to the warp-specialised kernel",
+            a.rows_per_item, a.key_tile);
+    require(!every_query_stat,
+            "fused attention: the warp-specialised kernel has no every-query statistic (H2O); use the warp kernel");
+    require(detail::fattn::sm90::wgmma_available(),
+            "fused attention: kernel = warpgroup_specialized needs an sm_90 GPU and code compiled for sm_90a");
+  }
   if (a.kernel == AttentionKernel::warp_mma)
     require(a.key_tile == 0, "fused attention: key_tile ({}) applies to the warpgroup kernel only", a.key_tile);
   if constexpr (Stats::enabled) {
@@ -253,6 +270,15 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
        max_len + n_new <= kResidentKvMaxKeys && !every_query_stat && detail::fattn::sm90::wgmma_available());
   if (resident_kv) {
     detail::fattn::sm90::launch_resident<64, 6, Stats>(p, a.observers, stream);
+    return;
+  }
+  const bool specialized =
+      a.kernel == AttentionKernel::warpgroup_specialized ||
+      (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && a.key_tile == 0 && d == 128 && nq > 64 &&
+       !every_query_stat && detail::fattn::sm90::wgmma_available());
+  if (specialized) {
+    if (d == 64) detail::fattn::sm90::launch_specialized<64, 128, 4, Stats>(p, a.observers, stream);
+    else detail::fattn::sm90::launch_specialized<128, 128, 3, Stats>(p, a.observers, stream);
     return;
   }
   const bool warpgroup =

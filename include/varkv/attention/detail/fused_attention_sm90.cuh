@@ -171,50 +171,77 @@ struct WarpgroupRows {
   float m[2], l[2];
 
   //! Runs all `tiles` key tiles (nk keys; columns past nk are masked). q_desc(kk): the Q operand's
-  //! descriptor for k-step kk (build it once and add k_step); k_buf(t), v_buf(t): tile t in shared memory; before_tile(t) runs
-  //! before tile t's S is issued (and before V_{t-1} is read).
+  //! descriptor for k-step kk (build it once and add k_step); k_buf(t), v_buf(t): tile t in shared
+  //! memory; before_tile(t) runs before tile t's S is issued (and before V_{t-1} is read).
   template <class QDesc, class KBuf, class VBuf, class BeforeTile>
   __device__ __forceinline__ void attend(int tiles, int nk, float scale_log2, int tq, QDesc q_desc, KBuf k_buf,
                                          VBuf v_buf, BeforeTile before_tile) {
+    struct Hooks {
+      int tiles;
+      BeforeTile f;
+      __device__ __forceinline__ void before_issue(int t) {
+        if (t < tiles) f(t);
+      }
+      __device__ __forceinline__ void after_issue(int) {}
+      __device__ __forceinline__ void k_read(int) {}
+      __device__ __forceinline__ void v_read(int) {}
+    } hooks{tiles, before_tile};
+    attend_hooked(tiles, nk, scale_log2, tq, q_desc, k_buf, v_buf, hooks);
+  }
+
+  //! As attend, with every point a pipeline may need to act on: before_issue(t) before the MMAs of
+  //! step t are issued (S_t and P_{t-1} V_{t-1}; step `tiles` issues only the last P V), after_issue(t)
+  //! once they are, k_read(t) once K_t's buffer is no longer read, v_read(t) once V_t's is not.
+  template <class QDesc, class KBuf, class VBuf, class Hooks>
+  __device__ __forceinline__ void attend_hooked(int tiles, int nk, float scale_log2, int tq, QDesc q_desc, KBuf k_buf,
+                                                VBuf v_buf, Hooks& hooks) {
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
     m[0] = m[1] = -INFINITY;
     l[0] = l[1] = 0.f;
-    before_tile(0);
+    hooks.before_issue(0);
     wgmma_fence();
     issue_qk(q_desc, k_buf(0));
     wgmma_commit();
+    hooks.after_issue(0);
     wgmma_wait<0>();
     fence_regs(s);
+    hooks.k_read(0);
     {
       float alpha[2];
       softmax(0, nk, scale_log2, tq, alpha);
     }
     pack_p();
     for (int t = 1; t < tiles; ++t) {
-      before_tile(t);
+      hooks.before_issue(t);
       wgmma_fence();
       issue_qk(q_desc, k_buf(t));
       wgmma_commit();
       issue_pv(v_buf(t - 1));
       wgmma_commit();
+      hooks.after_issue(t);
       wgmma_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run under the softmax below
       fence_regs(s);
+      hooks.k_read(t);
       float alpha[2];
       softmax(t, nk, scale_log2, tq, alpha);
       wgmma_wait<0>();
       fence_regs(o);
+      hooks.v_read(t - 1);
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
       pack_p();
     }
+    hooks.before_issue(tiles);
     wgmma_fence();
     issue_pv(v_buf(tiles - 1));
     wgmma_commit();
+    hooks.after_issue(tiles);
     wgmma_wait<0>();
     fence_regs(o);
+    hooks.v_read(tiles - 1);
   }
 
   //! O / l in bf16 and the LSE in natural log for query rows row0 + g and row0 + g + 8 (row0: the
@@ -304,6 +331,10 @@ struct WarpgroupRows {
 // ... of every tile, so its swizzled offsets are fixed: only the key index and its source (cache slot
 // below len, the scale's own key above) change. Keys past nk are zero-filled: P is 0 there, and
 // 0 * garbage could be NaN. `dummy`: any valid address (read by no zero-fill copy).
+// A tile wholly inside the cache or wholly inside the new keys (all but at most two per row) walks
+// one source pointer: one cp.async and one 64-bit add per row. The per-row choice of source and
+// zero-fill of the general path cost ~30 instructions per cp.async, enough to make a copying warp the
+// bottleneck of the kernel that has one (fused_attention_sm90_specialized.cuh).
 template <int D, int BN, int THREADS>
 __device__ __forceinline__ void copy_key_tile(bf16* dst, const bf16* cache_base, std::int64_t cache_stride,
                                               const bf16* new_base, std::int64_t new_stride, int t, int len, int nk,
@@ -312,9 +343,22 @@ __device__ __forceinline__ void copy_key_tile(bf16* dst, const bf16* cache_base,
   static_assert(THREADS % DT == 0 && kRowStep % 8 == 0 && BN % kRowStep == 0, "copy layout");
   const int c = tid % DT, r0 = tid / DT;
   const int off = swz128(BN, r0, c);  // + i * kRowStep * 64 for the i-th row
+  const int j0 = t * BN;
+  const bool all_cache = j0 + BN <= len, all_new = j0 >= len && j0 + BN <= nk;
+  if (all_cache || all_new) {  // uniform across the CTA
+    const std::int64_t stride = all_cache ? cache_stride : new_stride;
+    const bf16* src = (all_cache ? cache_base + (j0 + r0) * cache_stride : new_base + (j0 - len + r0) * new_stride) + c * 8;
+    const unsigned s0 = static_cast<unsigned>(__cvta_generic_to_shared(dst + off));
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s0 + i * kRowStep * 128), "l"(src));
+      src += kRowStep * stride;
+    }
+    return;
+  }
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) {
-    const int j = t * BN + r0 + i * kRowStep;
+    const int j = j0 + r0 + i * kRowStep;
     const bool ok = j < nk;
     const bf16* src = j < len ? cache_base + j * cache_stride : new_base + (j - len) * new_stride;
     cp_async16(dst + off + i * kRowStep * 64, ok ? src + c * 8 : dummy, ok);
@@ -485,17 +529,24 @@ inline bool wgmma_available() {
   return ok;
 }
 
+// Launches a warpgroup kernel whose CTAs each take `rows` query rows of one (sequence, head) row,
+// after S*H leading observer CTAs where the statistic needs them.
+template <auto Kernel, int SmemBytes, class Stats>
+void launch_row_tiles(Params p, const ObserverSet& obs, int rows, int threads, const char* name, cudaStream_t stream) {
+  raise_dynamic_smem_once<Kernel, SmemBytes>();
+  p.q_tiles = (p.nq + rows - 1) / rows;
+  p.total_items = p.S * p.H * p.q_tiles;
+  p.obs_blocks = Stats::enabled ? p.S * p.H : 0;
+  Kernel<<<p.obs_blocks + p.total_items, threads, SmemBytes, stream>>>(p, obs);
+  VARKV_CUDA_CHECK_LAUNCH(name);
+}
+
 template <int D, int WG, int BN, int STAGES, class Stats>
 void launch(Params p, const ObserverSet& obs, cudaStream_t stream) {
   using C = Config<D, WG, BN, STAGES>;
-  constexpr auto kernel = fused_attention_wgmma_kernel<D, WG, BN, STAGES, Stats>;
   constexpr int smem = Stats::enabled ? std::max(C::kSmemBytes, kObserverSmemBytes<D, 4 * WG> + 1024) : C::kSmemBytes;
-  raise_dynamic_smem_once<kernel, smem>();
-  p.q_tiles = (p.nq + C::kRows - 1) / C::kRows;
-  p.total_items = p.S * p.H * p.q_tiles;
-  p.obs_blocks = Stats::enabled ? p.S * p.H : 0;
-  kernel<<<p.obs_blocks + p.total_items, C::kThreads, smem, stream>>>(p, obs);
-  VARKV_CUDA_CHECK_LAUNCH("fused_attention_wgmma_kernel");
+  launch_row_tiles<fused_attention_wgmma_kernel<D, WG, BN, STAGES, Stats>, smem, Stats>(
+      p, obs, C::kRows, C::kThreads, "fused_attention_wgmma_kernel", stream);
 }
 
 }  // namespace varkv::detail::fattn::sm90

@@ -1,0 +1,219 @@
+#pragma once
+//! \file
+//! The warp-specialised warpgroup kernel (wgmma, sm_90a) for long key ranges (detail).
+//!
+//! \par Overview
+//! Same contract and per-warpgroup math (`WarpgroupRows`) as the streaming warpgroup kernel
+//! (fused_attention_sm90.cuh), arranged as FlashAttention-3 arranges it for long rows (Infinity's
+//! last scales: 4096 queries over 10,521 keys at head dim 128). A CTA is three warpgroups: a producer
+//! that only copies (Q, then K and V tiles into two rings of STAGES buffers) and gives most of its
+//! registers away (`setmaxnreg`), and two consumers of 64 query rows each that only compute. In the
+//! streaming kernel every thread copies and a CTA-wide barrier per tile keeps both warpgroups in
+//! lockstep, so their softmaxes run at the same time and the tensor cores wait for both; here the
+//! consumers take turns issuing their MMAs (ping-pong: one warpgroup's softmax runs under the other's
+//! MMAs) and meet the producer only through per-buffer mbarriers.
+//!
+//! \par Pipeline
+//! The producer copies with cp.async (not TMA: a tile may straddle the row's kept cache and the
+//! scale's own keys, two tensors, at any key; keys past the row are zero-filled, which a TMA box
+//! over the cache could not do past `len`), in the order the consumers need them: K_0, K_1, V_0, K_2,
+//! V_1, ... Each producer thread arrives on an item's `full` barrier through
+//! `cp.async.mbarrier.arrive.noinc` (the arrival fires when its copies land; the thread goes on to the
+//! next item at once, blocking only on the `empty` barrier of a buffer still being read), so as many
+//! tiles are in flight as the rings hold. Consumers wait for `full`, fence the generic-proxy writes
+//! against their async-proxy (wgmma) reads, and arrive on a buffer's `empty` barrier once the wgmma
+//! reading it has completed. (Waiting for item n - 1's copy group before publishing it kept only
+//! two items in flight: waiting for V was the largest stall, 21% of all warp samples in Nsight Compute.)
+//!
+//! \par Scheduling
+//! Named barriers 1 and 2 order the consumers' MMA issue: warpgroup 1 issues step t, lets warpgroup
+//! 2 issue its step t, which lets warpgroup 1 issue step t + 1, and so on (both run the same number
+//! of steps: the same row).
+//!
+//! \par Statistics
+//! Listed observers: leading CTAs of the same launch run the observer pass (all 12 warps).
+//! Every-query statistics stay on the warp kernel.
+
+#include <algorithm>
+#include <cstdint>
+
+#include "varkv/attention/detail/fused_attention_common.cuh"
+#include "varkv/attention/detail/fused_attention_sm90.cuh"
+#include "varkv/core/cuda_check.cuh"
+
+namespace varkv::detail::fattn::sm90 {
+
+//! D: head dim; BN: keys per tile; STAGES: buffers in the K ring and in the V ring.
+template <int D, int BN, int STAGES>
+struct SpecializedConfig {
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  static_assert(BN == 64 || BN == 128, "key tile of 64 or 128");
+  static_assert(STAGES >= 2, "a ring of at least two buffers");
+  static constexpr int kThreads = 384;  // producer + two consumer warpgroups
+  static constexpr int kRows = 128;
+  static constexpr int kQBytes = kRows * D * 2;
+  static constexpr int kTileBytes = BN * D * 2;
+  static constexpr int kBarrierBytes = 4 * STAGES * 8;  // full/empty for each K and V buffer
+  // + 1024: the window is aligned up to 1024 bytes (the 128-byte swizzle is taken from address bits).
+  static constexpr int kSmemBytes = kQBytes + 2 * STAGES * kTileBytes + kBarrierBytes + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "fits one CTA per SM");
+  // Registers after setmaxnreg: 128 x kProducerRegs + 256 x kConsumerRegs <= 384 x 168 (the launch's
+  // allocation at one CTA of 384 threads per SM).
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kConsumerRegs = 232;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 384 * 168, "register budget");
+};
+
+#if VARKV_WGMMA_DEVICE
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(std::uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(std::uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(std::uint64_t* bar, unsigned parity) {
+  // Labels inside { } are local to the block: every inlined copy may reuse them.
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n}\n" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+}
+// Arrives on `bar` once all cp.async copies this thread issued so far have landed; the thread goes
+// on at once (the barrier's count includes this arrival: `noinc`).
+__device__ __forceinline__ void cp_async_arrive_noinc(std::uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+// Named barriers 1 and 2 (0 is __syncthreads), 256 threads: one consumer warpgroup syncs, the other
+// arrives. Immediate ids (a register id makes ptxas reserve all 16).
+__device__ __forceinline__ void turn_wait(int wg) {
+  if (wg == 1) asm volatile("bar.sync 1, 256;\n" ::: "memory");
+  else asm volatile("bar.sync 2, 256;\n" ::: "memory");
+}
+__device__ __forceinline__ void turn_pass(int wg) {  // to the other consumer
+  if (wg == 1) asm volatile("bar.arrive 2, 256;\n" ::: "memory");
+  else asm volatile("bar.arrive 1, 256;\n" ::: "memory");
+}
+#endif
+
+template <int D, int BN, int STAGES, class Stats>
+__global__ void __launch_bounds__(384, 1) fused_attention_wgmma_specialized_kernel(const Params p, const ObserverSet obs) {
+#if VARKV_WGMMA_DEVICE
+  using C = SpecializedConfig<D, BN, STAGES>;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t{1023});
+  if constexpr (Stats::enabled) {
+    if (static_cast<int>(blockIdx.x) < p.obs_blocks) {
+      observer_pass<D, Stats, 12>(p, obs, blockIdx.x, smem);
+      return;
+    }
+  }
+  const int item = static_cast<int>(blockIdx.x) - p.obs_blocks;
+  const int row = item / p.q_tiles, q0 = (item % p.q_tiles) * C::kRows;
+  const RowOperands ro(p, row);
+  const int len = ro.len, nk = ro.nk;
+  const int tiles = (nk + BN - 1) / BN;
+  if (tiles == 0) {  // CTA-uniform, before any barrier
+    write_nan_rows<D>(p, ro.seq, ro.head, q0, C::kRows);
+    return;
+  }
+
+  bf16* const sQ = reinterpret_cast<bf16*>(smem);
+  bf16* const sK0 = reinterpret_cast<bf16*>(smem + C::kQBytes);
+  bf16* const sV0 = sK0 + STAGES * BN * D;
+  std::uint64_t* const full_k = reinterpret_cast<std::uint64_t*>(smem + C::kQBytes + 2 * STAGES * C::kTileBytes);
+  std::uint64_t* const empty_k = full_k + STAGES;
+  std::uint64_t* const full_v = empty_k + STAGES;
+  std::uint64_t* const empty_v = full_v + STAGES;
+  auto k_buf = [&](int t) { return sK0 + (t % STAGES) * (BN * D); };
+  auto v_buf = [&](int t) { return sV0 + (t % STAGES) * (BN * D); };
+
+  const int tid = threadIdx.x, wg = tid >> 7;
+  if (tid < STAGES) {
+    mbar_init(full_k + tid, 128);   // every producer thread, once its copies landed
+    mbar_init(full_v + tid, 128);
+    mbar_init(empty_k + tid, 256);  // every consumer thread, once its wgmma read the buffer
+    mbar_init(empty_v + tid, 256);
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer
+    setmaxnreg_dec<C::kProducerRegs>();
+    const int ptid = tid;
+    // Item n: K_0, then K_{(n+1)/2} (odd n) and V_{n/2-1} (even n), last V_{tiles-1}; the consumers
+    // need K_t before V_{t-1}.
+    auto item_of = [&](int n, bool& is_k) {
+      if (n == 0) { is_k = true; return 0; }
+      if (n == 2 * tiles - 1) { is_k = false; return tiles - 1; }
+      is_k = (n & 1) != 0;
+      return is_k ? (n + 1) / 2 : n / 2 - 1;
+    };
+    for (int n = 0; n < 2 * tiles; ++n) {
+      bool is_k;
+      const int t = item_of(n, is_k);
+      if (t >= STAGES) mbar_wait((is_k ? empty_k : empty_v) + t % STAGES, ((t / STAGES) - 1) & 1);
+      if (n == 0) copy_query_rows<D>(sQ, C::kRows, ro.q, p.q_s[2], q0, p.nq, ptid, 128, p.q);  // with K_0
+      if (is_k)
+        copy_key_tile<D, BN, 128>(k_buf(t), ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], t, len, nk, ptid, p.q);
+      else
+        copy_key_tile<D, BN, 128>(v_buf(t), ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], t, len, nk, ptid, p.q);
+      cp_async_arrive_noinc((is_k ? full_k : full_v) + t % STAGES);
+    }
+    cp_wait_all();  // no copy outlives its thread
+    return;
+  }
+
+  setmaxnreg_inc<C::kConsumerRegs>();
+  const int ctid = tid - 128, cw = ctid >> 7, w4 = (ctid >> 5) & 3, lane = ctid & 31, g = lane >> 2, tq = lane & 3;
+  const std::uint64_t q_desc0 = smem_desc(sQ + cw * 64 * 64, 16, 1024);
+  auto q_desc = [&](int kk) { return q_desc0 + k_step<C::kRows>(kk); };
+  struct Hooks {
+    std::uint64_t *full_k, *full_v, *empty_k, *empty_v;
+    int tiles, wg;
+    __device__ __forceinline__ void before_issue(int t) {
+      if (t < tiles) mbar_wait(full_k + t % STAGES, (t / STAGES) & 1);
+      if (t > 0) mbar_wait(full_v + (t - 1) % STAGES, ((t - 1) / STAGES) & 1);
+      fence_proxy_async();  // the producer's cp.async writes (generic proxy) before this thread's wgmma reads
+      turn_wait(wg);
+    }
+    __device__ __forceinline__ void after_issue(int t) {
+      if (!(wg == 2 && t == tiles)) turn_pass(wg);  // nobody waits for the second consumer's last turn
+    }
+    __device__ __forceinline__ void k_read(int t) { mbar_arrive(empty_k + t % STAGES); }
+    __device__ __forceinline__ void v_read(int t) { mbar_arrive(empty_v + t % STAGES); }
+  } hooks{full_k, full_v, empty_k, empty_v, tiles, wg};
+  if (wg == 2) turn_pass(wg);  // the first consumer goes first
+  WarpgroupRows<D, BN> rows;
+  rows.attend_hooked(tiles, nk, p.scale_log2, tq, q_desc, k_buf, v_buf, hooks);
+  rows.store(p, ro.seq, ro.head, q0 + cw * 64 + w4 * 16, ro.bad_len, g, tq);
+#else
+  (void)p;
+  (void)obs;
+  __trap();  // not compiled for sm_90a: the host never launches this (wgmma_available)
+#endif
+}
+
+template <int D, int BN, int STAGES, class Stats>
+void launch_specialized(Params p, const ObserverSet& obs, cudaStream_t stream) {
+  using C = SpecializedConfig<D, BN, STAGES>;
+  constexpr int smem = Stats::enabled ? std::max(C::kSmemBytes, kObserverSmemBytes<D, 12> + 1024) : C::kSmemBytes;
+  launch_row_tiles<fused_attention_wgmma_specialized_kernel<D, BN, STAGES, Stats>, smem, Stats>(
+      p, obs, C::kRows, C::kThreads, "fused_attention_wgmma_specialized_kernel", stream);
+}
+
+}  // namespace varkv::detail::fattn::sm90
