@@ -18,7 +18,8 @@
 //! one (detail/fused_attention_sm90_specialized.cuh: a producer warpgroup copies, two consumer
 //! warpgroups take turns on the tensor cores; 128 query rows per CTA: Infinity's head dim 128).
 //! `automatic` gives them every map of more than 32 queries whose statistic they support (none, or
-//! listed observers): at head dim 128 with more than 64 queries the warp-specialised one; at head dim
+//! listed observers): at head dim 128 with more than 192 queries the warp-specialised one (measured
+//! slower at Infinity's 12x12: 144 queries pad to two 128-row CTAs); at head dim
 //! 64 the resident one where the keys fit and the map has more than one 64-row tile, else the
 //! streaming one. The warp kernel (detail/fused_attention_sm80.cuh: mma.sync m16n8k16) takes the
 //! rest: small maps, where its work packing matters, every-query statistics, and GPUs without wgmma.
@@ -79,7 +80,7 @@ using bf16 = __nv_bfloat16;
 
 //! Which kernel runs a fused attention launch.
 enum class AttentionKernel {
-  automatic,      //!< where a wgmma kernel can run and n_q > 32: at head dim 128 and n_q > 64 the warp-specialised
+  automatic,      //!< where a wgmma kernel can run and n_q > 32: at head dim 128 and n_q > 192 the warp-specialised
                   //!< one; the resident-KV one when n_q > 64 and its keys fit; else the streaming one;
                   //!< otherwise the warp kernel
   warp_mma,       //!< mma.sync kernel: any sm_80+ GPU, every statistic; `rows_per_item` applies
@@ -196,13 +197,22 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
     max_len = 0;
     require(static_cast<std::int64_t>(a.host_lengths.size()) == S * H,
             "fused attention: host_lengths has {} entries, expected S*H = {}", a.host_lengths.size(), S * H);
-    for (std::size_t i = 0; i < a.host_lengths.size(); ++i) {
-      require(a.host_lengths[i] >= 0 && a.host_lengths[i] <= cap,
-              "fused attention: cache length of row {} (seq {}, head {}) is {}, outside 0..{} (capacity)", i,
-              static_cast<std::int64_t>(i) / H, static_cast<std::int64_t>(i) % H, a.host_lengths[i], cap);
-      require(a.host_lengths[i] + n_new > 0, "fused attention: row {} has no key to attend to", i);
-      max_len = std::max<std::int64_t>(max_len, a.host_lengths[i]);
+    // One branch-free pass (thousands of rows at B = 64; the launch itself costs ~5 us), then the
+    // offending row is looked up only when there is one.
+    std::int32_t lo = a.host_lengths[0], hi = a.host_lengths[0];
+    for (const std::int32_t v : a.host_lengths) {
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
     }
+    if (lo < 0 || hi > cap || lo + n_new <= 0) {
+      for (std::size_t i = 0; i < a.host_lengths.size(); ++i) {
+        require(a.host_lengths[i] >= 0 && a.host_lengths[i] <= cap,
+                "fused attention: cache length of row {} (seq {}, head {}) is {}, outside 0..{} (capacity)", i,
+                static_cast<std::int64_t>(i) / H, static_cast<std::int64_t>(i) % H, a.host_lengths[i], cap);
+        require(a.host_lengths[i] + n_new > 0, "fused attention: row {} has no key to attend to", i);
+      }
+    }
+    max_len = hi;
   }
   if (a.kernel == AttentionKernel::warpgroup_resident_kv) {
     require(d == 64, "fused attention: the resident-KV kernel takes head_dim 64, got {}", d);
@@ -274,7 +284,7 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
   }
   const bool specialized =
       a.kernel == AttentionKernel::warpgroup_specialized ||
-      (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && a.key_tile == 0 && d == 128 && nq > 64 &&
+      (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && a.key_tile == 0 && d == 128 && nq > 192 &&
        !every_query_stat && detail::fattn::sm90::wgmma_available());
   if (specialized) {
     if (d == 64) detail::fattn::sm90::launch_specialized<64, 128, 4, Stats>(p, a.observers, stream);

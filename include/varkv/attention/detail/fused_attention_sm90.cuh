@@ -529,6 +529,20 @@ inline bool wgmma_available() {
   return ok;
 }
 
+//! SMs of the current device (cached per device; the persistent grid's size).
+inline int device_sm_count() {
+  int dev = 0;
+  VARKV_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::atomic<int> known[64];
+  if (dev >= 0 && dev < 64) {
+    if (const int k = known[dev].load(std::memory_order_relaxed)) return k;
+  }
+  int sms = 0;
+  VARKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  if (dev >= 0 && dev < 64) known[dev].store(sms, std::memory_order_relaxed);
+  return sms;
+}
+
 // Launches a warpgroup kernel whose CTAs each take `rows` query rows of one (sequence, head) row,
 // after S*H leading observer CTAs where the statistic needs them.
 template <auto Kernel, int SmemBytes, class Stats>

@@ -176,10 +176,7 @@ void launch_resident(Params p, const ObserverSet& obs, cudaStream_t stream) {
   constexpr auto kernel = fused_attention_wgmma_resident_kernel<D, KT, Stats>;
   constexpr int smem = Stats::enabled ? std::max(C::kSmemBytes, kObserverSmemBytes<D, 8> + 1024) : C::kSmemBytes;
   raise_dynamic_smem_once<kernel, smem>();
-  int dev = 0, sms = 0;
-  VARKV_CUDA_CHECK(cudaGetDevice(&dev));
-  VARKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  p.item_q_tiles = resident_item_q_tiles(p.S * p.H, p.nq, sms);
+  p.item_q_tiles = resident_item_q_tiles(p.S * p.H, p.nq, device_sm_count());
   p.q_tiles = ((p.nq + 63) / 64 + p.item_q_tiles - 1) / p.item_q_tiles;
   p.total_items = p.S * p.H * p.q_tiles;
   p.obs_blocks = Stats::enabled ? p.S * p.H : 0;
