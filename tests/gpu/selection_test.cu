@@ -118,8 +118,9 @@ TEST(SelectAndCompact, MatchesTheCpuReferenceByteForByte) {
   const SelCase cases[] = {
       {2, 3, 64, 10, 6, 1.0, false},       {4, 5, 64, 55, 36, 0.3, true},    {2, 4, 128, 424, 256, 0.5, false},
       {3, 2, 64, 1, 4, 1.0, false},        {2, 3, 128, 300, 169, 0.1, true}, {2, 2, 128, 6425, 4096, 0.6, true},
-      {2, 2, 64, 0, 9, 1.0, false},
+      {2, 2, 64, 0, 9, 1.0, false},        {3, 3, 64, 1500, 600, 0.9, true},
   };
+  // Rows of 2048+ candidates (6425 + 4096, 1500 + 600) run on 512 threads, the rest on 128.
   for (std::size_t i = 0; i < std::size(cases); ++i) {
     run_selection(cases[i], seed + i);
     if (HasFailure()) return;

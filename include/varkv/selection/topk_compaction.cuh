@@ -8,10 +8,10 @@
 //! cap + i), so the fused attention's statistic feeds it directly. Retained positions get a key
 //! above every score. A 4-pass MSB radix select (8-bit digits, shared-memory histogram) finds the
 //! budget-th largest 32-bit key T; then the candidates are walked in position order in chunks of
-//! 128: the ones above T, plus the first (budget - #above) equal to T (block scans, cub::BlockScan),
+//! one per thread (128, or 512 for rows of 2048+ candidates): the ones above T, plus the first (budget - #above) equal to T (block scans, cub::BlockScan),
 //! survive, so ties go to the lower position exactly like `select_survivors_reference`. Survivors'
-//! K/V rows are staged in shared memory chunk by chunk and written to their new slots: a survivor
-//! never moves to a higher slot, so a chunk only overwrites slots already read. New keys are copied
+//! K/V rows are staged in shared memory 128 at a time and written to their new slots: a survivor
+//! never moves to a higher slot, so a batch only overwrites slots already read. New keys are copied
 //! in after the kept cache slots; positions and lengths are rewritten; slots past the new length get
 //! position -1. The cache afterwards holds exactly the survivors, in position order.
 //!
@@ -66,7 +66,13 @@ enum class SelectionStatus : std::int32_t {
 
 namespace detail::select {
 
-constexpr int kThreads = 128;
+// A row is one CTA of 128 or 512 threads. Long rows get 512: at Infinity-2B B=4 a layer has only 128
+// rows, so a row's radix passes and its chunk loop (n / threads chunks, each two block scans and a
+// staged copy) are the critical path (10,521 candidates: 422 us at 128 threads, 138 us at 512).
+// Short rows keep 128: VAR-d30 B=64 has 3840 rows of <= 680 candidates, where 512 threads mostly
+// idle and fewer CTAs fit per SM (103 us at 128 threads, 145 us at 512).
+constexpr int kStageRows = 128;  // survivors' K/V rows staged in shared memory at a time
+inline int threads_for(std::int64_t candidates) { return candidates >= 2048 ? 512 : 128; }
 
 struct Params {
   std::int64_t k_s[3], v_s[3], nk_s[3], nv_s[3], pos_s[3], sc_s[3];
@@ -86,7 +92,7 @@ __device__ inline void report(std::int32_t* status, SelectionStatus code, int ro
   }
 }
 
-template <class T>
+template <class T, int kThreads>
 __global__ void __launch_bounds__(kThreads) select_compact_kernel(const Params p, T* keys, T* values, const T* new_k,
                                                                   const T* new_v, const RetentionRanges retained) {
   using Scan = cub::BlockScan<int, kThreads>;
@@ -95,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) select_compact_kernel(const Params p
   __shared__ unsigned s_prefix, s_rank;
   __shared__ int s_retained;
   __shared__ int s_src[kThreads], s_dst[kThreads], s_pos[kThreads];
-  extern __shared__ __align__(16) unsigned char stage_raw[];  // kThreads x (K row, V row)
+  extern __shared__ __align__(16) unsigned char stage_raw[];  // kStageRows x (K row, V row)
   uint4* stage = reinterpret_cast<uint4*>(stage_raw);
 
   const int row = blockIdx.x, seq = row / p.H, head = row % p.H, tid = threadIdx.x;
@@ -196,22 +202,28 @@ __global__ void __launch_bounds__(kThreads) select_compact_kernel(const Params p
       s_pos[dst] = position_of(c);
     }
     __syncthreads();
-    // Stage the chunk's survivors (every read of this chunk happens before any write of it).
-    for (int i = tid; i < sel_total * rc; i += kThreads) {
-      const int s = i / rc, ch = i % rc, src = s_src[s];
-      const T* kr = src < len ? keys + seq * p.k_s[0] + head * p.k_s[1] + src * p.k_s[2]
-                              : new_k + seq * p.nk_s[0] + head * p.nk_s[1] + (src - len) * p.nk_s[2];
-      const T* vr = src < len ? values + seq * p.v_s[0] + head * p.v_s[1] + src * p.v_s[2]
-                              : new_v + seq * p.nv_s[0] + head * p.nv_s[1] + (src - len) * p.nv_s[2];
-      stage[(2 * s) * rc + ch] = reinterpret_cast<const uint4*>(kr)[ch];
-      stage[(2 * s + 1) * rc + ch] = reinterpret_cast<const uint4*>(vr)[ch];
-    }
-    __syncthreads();
-    for (int i = tid; i < sel_total * rc; i += kThreads) {
-      const int s = i / rc, ch = i % rc, d = s_dst[s];
-      reinterpret_cast<uint4*>(keys + seq * p.k_s[0] + head * p.k_s[1] + d * p.k_s[2])[ch] = stage[(2 * s) * rc + ch];
-      reinterpret_cast<uint4*>(values + seq * p.v_s[0] + head * p.v_s[1] + d * p.v_s[2])[ch] =
-          stage[(2 * s + 1) * rc + ch];
+    // Stage the chunk's survivors kStageRows at a time: every read of a batch happens before its
+    // writes, and a batch's destinations lie below the sources of every later survivor (survivor i
+    // goes to slot out_base + i <= its source, and sources increase), so batches in order are safe.
+    for (int b0 = 0; b0 < sel_total; b0 += kStageRows) {
+      const int nb = min(kStageRows, sel_total - b0);
+      for (int i = tid; i < nb * rc; i += kThreads) {
+        const int s = i / rc, ch = i % rc, src = s_src[b0 + s];
+        const T* kr = src < len ? keys + seq * p.k_s[0] + head * p.k_s[1] + src * p.k_s[2]
+                                : new_k + seq * p.nk_s[0] + head * p.nk_s[1] + (src - len) * p.nk_s[2];
+        const T* vr = src < len ? values + seq * p.v_s[0] + head * p.v_s[1] + src * p.v_s[2]
+                                : new_v + seq * p.nv_s[0] + head * p.nv_s[1] + (src - len) * p.nv_s[2];
+        stage[(2 * s) * rc + ch] = reinterpret_cast<const uint4*>(kr)[ch];
+        stage[(2 * s + 1) * rc + ch] = reinterpret_cast<const uint4*>(vr)[ch];
+      }
+      __syncthreads();
+      for (int i = tid; i < nb * rc; i += kThreads) {
+        const int s = i / rc, ch = i % rc, d = s_dst[b0 + s];
+        reinterpret_cast<uint4*>(keys + seq * p.k_s[0] + head * p.k_s[1] + d * p.k_s[2])[ch] = stage[(2 * s) * rc + ch];
+        reinterpret_cast<uint4*>(values + seq * p.v_s[0] + head * p.v_s[1] + d * p.v_s[2])[ch] =
+            stage[(2 * s + 1) * rc + ch];
+      }
+      __syncthreads();
     }
     // Positions: slot d < c0 + kThreads and every position of this chunk was read above.
     for (int s = tid; s < sel_total; s += kThreads) pos[s_dst[s]] = s_pos[s];
@@ -283,13 +295,14 @@ void select_and_compact(const SelectionArgs<T>& a, cudaStream_t stream = nullptr
   p.d = static_cast<int>(d);
   p.first_new_position = a.first_new_position;
   p.row_chunks = static_cast<int>(d * sizeof(T) / 16);
-  const int smem = detail::select::kThreads * 2 * p.row_chunks * 16;
-  auto kernel = detail::select::select_compact_kernel<T>;
+  const int smem = detail::select::kStageRows * 2 * p.row_chunks * 16;
+  const int threads = detail::select::threads_for(cap + n_new);
+  auto kernel = threads == 512 ? detail::select::select_compact_kernel<T, 512> : detail::select::select_compact_kernel<T, 128>;
   require(smem <= 160 * 1024, "selection: head_dim {} needs {} bytes of staging; too large", d, smem);
   VARKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   VARKV_CUDA_CHECK(cudaMemsetAsync(a.status, 0, 3 * sizeof(std::int32_t), stream));
-  kernel<<<static_cast<unsigned>(S * H), detail::select::kThreads, smem, stream>>>(
-      p, c.keys.data(), c.values.data(), a.new_k.data(), a.new_v.data(), a.retained);
+  kernel<<<static_cast<unsigned>(S * H), threads, smem, stream>>>(p, c.keys.data(), c.values.data(), a.new_k.data(),
+                                                                   a.new_v.data(), a.retained);
   VARKV_CUDA_CHECK_LAUNCH("select_compact_kernel");
   if (!verify) return;
   std::int32_t st[3] = {};
