@@ -22,8 +22,9 @@
 //! next item at once, blocking only on the `empty` barrier of a buffer still being read), so as many
 //! tiles are in flight as the rings hold. Consumers wait for `full`, fence the generic-proxy writes
 //! against their async-proxy (wgmma) reads, and arrive on a buffer's `empty` barrier once the wgmma
-//! reading it has completed. (Waiting for item n - 1's copy group before publishing it kept only
-//! two items in flight: waiting for V was the largest stall, 21% of all warp samples in Nsight Compute.)
+//! reading it has completed. The copies must be lean: with the per-row source choice on every
+//! cp.async (~36 instructions each) the producer executed half of the kernel's instructions and the
+//! consumers' largest stall was waiting for V (copy_key_tile's single-pointer path fixed it).
 //!
 //! \par Scheduling
 //! Named barriers 1 and 2 order the consumers' MMA issue: warpgroup 1 issues step t, lets warpgroup
