@@ -427,7 +427,10 @@ void register_all() {
       reg_attn(geometries::var_d30(), var, 64, s, 0.1, StatMode::none, rows);
     }
   for (int rows : {64, 128}) reg_attn(geometries::infinity_2b(), inf, 4, 12, 1.0, StatMode::none, rows);
-  for (int rows : {32, 64}) reg_attn(geometries::var_d30(), var, 64, 4, 1.0, StatMode::none, rows);  // 5x5
+  // The warp kernel's item sizes on 4x4 .. 6x6 at B = 64 (16 .. 36 queries: one or two items per row).
+  for (int s = 3; s < 6; ++s)
+    for (double budget : {1.0, 0.1})
+      for (int rows : {16, 32, 64}) reg_attn(geometries::var_d30(), var, 64, s, budget, StatMode::none, rows);
   // Cost of the fused statistic (ScaleKV window, probability mass) at the largest scales.
   for (StatMode m : {StatMode::prob_window16, StatMode::logit_window16, StatMode::prob_all}) {
     reg_attn(geometries::var_d30(), var, 64, 9, 1.0, m);

@@ -17,8 +17,8 @@
 //! tiles over it; head dim 64, at most 384 keys per row: VAR's 10% steps) and the warp-specialised
 //! one (detail/fused_attention_sm90_specialized.cuh: a producer warpgroup copies, two consumer
 //! warpgroups take turns on the tensor cores; 128 query rows per CTA: Infinity's head dim 128).
-//! `automatic` gives them every map of more than 32 queries whose statistic they support (none, or
-//! listed observers): at head dim 128 with more than 192 queries the warp-specialised one (measured
+//! `automatic` gives them every map of more than 36 queries (32 at head dim 128) whose statistic
+//! they support (none, or listed observers): at head dim 128 with more than 192 queries the warp-specialised one (measured
 //! slower at Infinity's 12x12: 144 queries pad to two 128-row CTAs); at head dim
 //! 64 the resident one where the keys fit and the map has more than one 64-row tile, else the
 //! streaming one. The warp kernel (detail/fused_attention_sm80.cuh: mma.sync m16n8k16) takes the
@@ -27,7 +27,7 @@
 //! \par Work packing (warp kernel)
 //! A CTA has 4 warps. A work item is 16 x MT x G query rows of one (sequence, head) row (each warp
 //! holds MT m16 tiles); the G warps of an item share its K/V tiles in shared memory. Small maps
-//! (n_q <= 32) use G = 1, so one CTA serves four (sequence, head) rows; larger maps use G = 4, and
+//! (n_q <= 36) use G = 1, MT = 1: a CTA serves four 16-row items; larger maps use G = 4, and
 //! MT = 2 (128 rows) where the padding allows, which reuses each K/V fragment for two m16 tiles.
 //! One launch covers the whole step.
 //!
@@ -80,7 +80,7 @@ using bf16 = __nv_bfloat16;
 
 //! Which kernel runs a fused attention launch.
 enum class AttentionKernel {
-  automatic,      //!< where a wgmma kernel can run and n_q > 32: at head dim 128 and n_q > 192 the warp-specialised
+  automatic,      //!< where a wgmma kernel can run and n_q > 36 (32 at head dim 128): at head dim 128 and n_q > 192 the warp-specialised
                   //!< one; the resident-KV one when n_q > 64 and its keys fit; else the streaming one;
                   //!< otherwise the warp kernel
   warp_mma,       //!< mma.sync kernel: any sm_80+ GPU, every statistic; `rows_per_item` applies
@@ -127,12 +127,13 @@ inline bool fused_attention_has_warpgroup_kernel() { return detail::fattn::sm90:
 
 
 //! Query rows per work item that `fused_attention` picks for n_q queries: 16 (one warp; a CTA packs
-//! four (sequence, head) rows), 32 (one warp of 2 x 16 rows, four rows per CTA), 64 (four warps of
+//! four items) up to 36 queries (two or three items per (sequence, head) row: at VAR-d30 B=64, 5x5
+//! 31.3 vs 34.5 us with 32-row items, 6x6 full 67.0 vs 74.5 with 64-row ones), 64 (four warps of
 //! 16 rows) or 128 (four warps of 32 rows: K/V fragments reused twice, the fastest per row when the
-//! padding of n_q to 128 wastes at most ~15% more rows than padding to 64).
+//! padding of n_q to 128 wastes at most ~15% more rows than padding to 64). 32 (one warp of 2 x 16
+//! rows) only when forced: its 188 registers allow two CTAs per SM.
 inline int fused_attention_rows_per_item(std::int64_t n_q) {
-  if (n_q <= 16) return 16;
-  if (n_q <= 32) return 32;
+  if (n_q <= 36) return 16;
   if (n_q <= 64) return 64;
   const std::int64_t pad64 = (n_q + 63) / 64 * 64, pad128 = (n_q + 127) / 128 * 128;
   return pad128 * 100 <= pad64 * 115 ? 128 : 64;
@@ -293,7 +294,7 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
   }
   const bool warpgroup =
       a.kernel == AttentionKernel::warpgroup_mma ||
-      (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && nq > 32 && !every_query_stat &&
+      (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && nq > (d == 64 ? 36 : 32) && !every_query_stat &&
        detail::fattn::sm90::wgmma_available());
   if (warpgroup) {
     namespace sm90 = detail::fattn::sm90;
