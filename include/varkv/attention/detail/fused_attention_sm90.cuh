@@ -247,6 +247,10 @@ struct WarpgroupRows {
   //! O / l in bf16 and the LSE in natural log for query rows row0 + g and row0 + g + 8 (row0: the
   //! warp's first of 16); rows at or past n_q are skipped.
   __device__ __forceinline__ void store(const Params& p, int seq, int head, int row0, bool bad_len, int g, int tq) {
+    // Opaque here, so the compiler cannot hoist the 64-bit row offsets out of a kernel's query-tile
+    // loop: live across attend they were spilled (the resident kernel's stores then waited on local
+    // loads); recomputing them costs four IMADs per store.
+    asm volatile("" : "+r"(seq), "+r"(head));
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float lh = l[h];
