@@ -6,7 +6,9 @@ cuDNN, memory-efficient) on the full cache; on a 10% cache pre-compacted; on a 1
 the fly from the full one (torch.gather + cat, timed with the attention). Plus ScaleKV's selection in
 PyTorch (16 window queries' logits, summed, max-pool 5, top-k, sort, gather of K and V) at the
 largest scales, and the two ceilings (device-to-device copy, bf16 matmul 8192^3).
-Times: CUDA events around single calls after 3 warm-ups, median of 25 (the varkv bench's rule).
+Times: CUDA events around single calls after 3 warm-ups, median of 25 (the varkv bench's rule); for the
+full and pre-compacted cases also the mean per call inside a CUDA graph of 20 calls ("CASE_graph/BACKEND",
+the bench's us_graph: PyTorch's ~40-80 us host overhead per call removed, as varkv's is).
 With --ours FILE (the varkv Google Benchmark JSON) it prints the issue's target ratios.
 
   python3 bench/peers/sdpa_peer.py --out peer.json [--ours varkv_bench_gpu_attention.json]
@@ -49,6 +51,32 @@ def time_us(fn, reps=25):
     return statistics.median(ts)
 
 
+def time_graph_us(fn, calls=20, replays=10):
+    """Mean per call of `calls` calls captured in one CUDA graph, replayed `replays` times: the
+    device-side cost without PyTorch's per-call host overhead (the varkv bench's us_graph rule)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-ups off the capture stream, as torch.cuda.graphs asks
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(replays):
+        g.replay()
+    b.record()
+    b.synchronize()
+    t = a.elapsed_time(b) * 1e3 / (calls * replays)
+    del g
+    return t
+
+
 def ceilings():
     x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
@@ -88,6 +116,7 @@ def main():
     ap.add_argument("--out", default="peer.json")
     ap.add_argument("--ours", default=None)
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
+    ap.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph timings (full, 10%% compacted)")
     ap.add_argument("--only", default="", help="comma-separated MODEL/BN keys, e.g. var-d30/B64,infinity-2b/B4")
     ap.add_argument("--summarize", default=None, metavar="PEER_JSON",
                     help="print the targets from an earlier run's JSON and --ours; measures nothing")
@@ -138,6 +167,14 @@ def main():
                         except RuntimeError as e:  # backend refuses this shape
                             row[f"{case}/{be}"] = float("nan")
                             row.setdefault("errors", []).append(f"{case}/{be}: {str(e).splitlines()[0][:120]}")
+                            continue
+                        if case != "10pct_gathered" and not args.no_graphs:
+                            try:
+                                row[f"{case}_graph/{be}"] = time_graph_us(fn)
+                            except RuntimeError as e:  # not capturable with this backend
+                                row[f"{case}_graph/{be}"] = float("nan")
+                                row.setdefault("errors", []).append(
+                                    f"{case}_graph/{be}: {str(e).splitlines()[0][:120]}")
                 key = f"{model}/B{images}/scale{s:02d}"
                 res["attn"][key] = row
                 best = {c: min((v for k_, v in row.items() if k_.startswith(c + "/") and not math.isnan(v)),
@@ -180,6 +217,13 @@ def summarize(peer, ours_path):
     print(f"VAR-d30 B=64, sum of 10 scales: varkv 10% {o10:.1f} us, varkv full {ofull:.1f} us; best SDPA full "
           f"{pfull:.1f} us -> {pfull / o10:.2f}x (target >= 2.5x); best SDPA 10% pre-compacted {pcomp:.1f} us -> "
           f"{pcomp / o10:.2f}x (target >= 1.5x); full vs full {pfull / ofull:.2f}x")
+    g10 = sum(us(f"attn/var-d30/B64/scale{s:02d}/10pct", "us_graph") for s in range(10))
+    gfull = sum(best(f"var-d30/B64/scale{s:02d}", "full_graph") for s in range(10))
+    gcomp = sum(best(f"var-d30/B64/scale{s:02d}", "10pct_compacted_graph") for s in range(10))
+    if not math.isnan(gfull):
+        print(f"  the same inside CUDA graphs (host launch removed on both sides): varkv 10% {g10:.1f} us; best SDPA "
+              f"full {gfull:.1f} us -> {gfull / g10:.2f}x; best SDPA 10% pre-compacted {gcomp:.1f} us -> "
+              f"{gcomp / g10:.2f}x; varkv graph vs SDPA single calls {pfull / g10:.2f}x")
     # The library's own choice only (attn/MODEL/BN/scaleSS/BUDGET: no forced kernel, no statistic),
     # per batch size: at B=64 the 5x5 and 6x6 steps move 30-125 MB, over 12 us at any copy rate.
     for field in ("us_median", "us_b2b", "us_graph"):
@@ -200,6 +244,10 @@ def summarize(peer, ours_path):
         p = best("infinity-2b/B4/scale12", "full" if case == "full" else "10pct_compacted")
         print(f"Infinity-2B B=4 last scale {case}: varkv {o:.1f} us, best SDPA {p:.1f} us -> throughput ratio "
               f"{p / o:.2f}x" + (" (target >= 0.85x)" if case == "full" else ""))
+        og = us(f"attn/infinity-2b/B4/scale12/{case}", "us_graph")
+        pg = best("infinity-2b/B4/scale12", "full_graph" if case == "full" else "10pct_compacted_graph")
+        if not math.isnan(pg):
+            print(f"  inside CUDA graphs: varkv {og:.1f} us, best SDPA {pg:.1f} us -> {pg / og:.2f}x")
     for key in ("infinity-2b/B4/scale12", "var-d30/B64/scale09"):
         m, b, s = key.split("/")
         sel = us(f"select/{m}/{b}/{s}/full-cache")
