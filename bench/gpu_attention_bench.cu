@@ -147,7 +147,7 @@ void BM_attention(benchmark::State& state, ModelGeometry geo, std::string sched_
   a.kernel = kernel;
   a.key_tile = key_tile;
   if ((kernel == AttentionKernel::warpgroup_mma || kernel == AttentionKernel::warpgroup_resident_kv ||
-       kernel == AttentionKernel::warpgroup_specialized) &&
+       kernel == AttentionKernel::warpgroup_specialized || kernel == AttentionKernel::warpgroup_persistent) &&
       !fused_attention_has_warpgroup_kernel()) {
     state.SkipWithError("the warpgroup kernel needs an sm_90 GPU and an sm_90a build");
     return;
@@ -365,6 +365,7 @@ void register_all() {
                                   ? "/wgmma" + (key_tile ? "-k" + std::to_string(key_tile) : std::string())
                               : kernel == AttentionKernel::warpgroup_resident_kv ? "/wgmma-resident"
                               : kernel == AttentionKernel::warpgroup_specialized ? "/wgmma-specialized"
+                              : kernel == AttentionKernel::warpgroup_persistent  ? "/wgmma-persistent"
                                                                                  : "");
     benchmark::RegisterBenchmark(name.c_str(), BM_attention, g, sched, images, scale, budget, stat, rows, kernel,
                                  key_tile)
@@ -405,6 +406,12 @@ void register_all() {
         for (double budget : {1.0, 0.1})
           if (budget < 1.0 || s <= 7)
             reg_attn(g, var, images, s, budget, StatMode::none, 0, AttentionKernel::warpgroup_resident_kv);
+  // The persistent kernel on VAR's 10x10 .. 16x16 (65..256 queries), full cache and 10%.
+  for (const auto& g : {geometries::var_d16(), geometries::var_d30()})
+    for (int images : {1, 16, 64})
+      for (int s = 7; s < 10; ++s)
+        for (double budget : {1.0, 0.1})
+          reg_attn(g, var, images, s, budget, StatMode::none, 0, AttentionKernel::warpgroup_persistent);
   // Infinity's maps of 144 .. 1600 queries: the warp-specialised kernel (automatic's choice at head
   // dim 128) against the streaming one.
   for (int images : {1, 4})

@@ -57,6 +57,7 @@ std::string name(const Case& c) {
          (c.kernel == AttentionKernel::warpgroup_mma           ? " warpgroup-kernel"
           : c.kernel == AttentionKernel::warpgroup_resident_kv ? " resident-kv-kernel"
           : c.kernel == AttentionKernel::warpgroup_specialized ? " specialized-kernel"
+          : c.kernel == AttentionKernel::warpgroup_persistent  ? " persistent-kernel"
           : c.kernel == AttentionKernel::warp_mma              ? " warp-kernel"
                                                                : "") +
          (c.key_tile ? " key-tile " + std::to_string(c.key_tile) : "") +
@@ -448,6 +449,56 @@ TEST(FusedAttention, WarpgroupResidentKvKernel) {
   run_all(cases);
 }
 
+// The persistent warpgroup kernel (one CTA per SM walks the rows; four consumer warpgroups take a
+// row's query tiles, a producer warpgroup streams Q and K/V through two Q slots and an 8-stage ring):
+// 10x10, 13x13 (one warpgroup idle per row: it still releases every stage) and 16x16 at budgets
+// 0 / 5% / 10% / 100% (ragged: rows of different tile counts, so the ring's stage of a key tile
+// shifts from row to row; at 16x16 full, 11 tiles per row wrap the ring inside a row). Six rows (one
+// per CTA), 288 rows (2-3 per CTA: both Q slots) and 1920 rows (~15 per CTA at 132 SMs, the ring
+// wraps many times); Infinity's 16x16 over 64 new keys, var-512's 13x13 at half budget, and
+// `automatic` on the full cache of 13x13 and 16x16 at 300 rows (its choice there up to 150 SMs).
+TEST(FusedAttention, WarpgroupPersistentKernel) {
+  if (!fused_attention_has_warpgroup_kernel()) GTEST_SKIP() << "the persistent kernel needs an sm_90 GPU and an sm_90a build";
+  std::vector<Case> cases;
+  int i = 0;
+  for (int s : {7, 8, 9})
+    for (double b : kBudgets) {
+      Case c{.schedule = "var-256", .scale = s, .S = 2, .H = 3, .d = 64, .budget = b};
+      c.var_style = (i++ % 2 == 1);
+      c.kernel = AttentionKernel::warpgroup_persistent;
+      cases.push_back(c);
+    }
+  for (int s : {7, 8, 9})
+    for (double b : {0.1, 1.0}) {
+      Case c{.schedule = "var-256", .scale = s, .S = 8, .H = 36, .d = 64, .budget = b};
+      c.var_style = (i++ % 2 == 1);
+      c.kernel = AttentionKernel::warpgroup_persistent;
+      cases.push_back(c);
+    }
+  for (int s : {8, 9}) {
+    Case c{.schedule = "var-256", .scale = s, .S = 64, .H = 30, .d = 64, .budget = 0.1, .cap = 64};
+    c.kernel = AttentionKernel::warpgroup_persistent;
+    cases.push_back(c);
+  }
+  {
+    Case c{.schedule = "infinity-1024", .scale = 6, .S = 4, .H = 16, .d = 64, .budget = 0.1};
+    c.new_keys = 64;
+    c.kernel = AttentionKernel::warpgroup_persistent;
+    cases.push_back(c);
+  }
+  {
+    Case c{.schedule = "var-512", .scale = 6, .S = 2, .H = 4, .d = 64, .budget = 0.5};
+    c.kernel = AttentionKernel::warpgroup_persistent;
+    cases.push_back(c);
+  }
+  for (int s : {8, 9}) {  // automatic: the full cache at 300 rows takes this kernel
+    Case c{.schedule = "var-256", .scale = s, .S = 10, .H = 30, .d = 64, .budget = 1.0};
+    c.var_style = true;
+    cases.push_back(c);
+  }
+  run_all(cases);
+}
+
 // The warp-specialised warpgroup kernel (producer warpgroup + two consumers taking turns): maps
 // smaller than its 128-row CTA (3x3, 8x8), padded (10x10), several CTAs per row (16x16, 32x32 at
 // var-512), one key tile (2x2) and rows of 1..85 tiles, so the K and V rings wrap many times;
@@ -664,6 +715,29 @@ TEST(FusedAttention, LauncherRejectsBadArguments) {
       a.new_k = a.new_v = make_view<4, const bf16>("k", k128.data(), {S, H, n_new, 128});
       a.out = make_view<4>("o", o128.data(), {S, H, nq, 128});
       expect_error([&] { fused_attention(a); }, "resident-KV kernel takes head_dim 64, got 128");
+      a.kernel = AttentionKernel::warpgroup_persistent;
+      expect_error([&] { fused_attention(a); }, "persistent kernel takes head_dim 64, got 128");
+    }
+    expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_persistent; fused_attention(a); },
+                 "persistent kernel takes 65..256 queries (two to four 64-row tiles), got n_q 4");
+    {  // 100 queries: in the persistent kernel's range
+      const int nq2 = 100;
+      DeviceBuffer<bf16> q2(S * H * nq2 * d), o2(S * H * nq2 * d);
+      DeviceBuffer<float> lse2(S * H * nq2);
+      auto a = good();
+      a.kernel = AttentionKernel::warpgroup_persistent;
+      a.q = make_view<4, const bf16>("q", q2.data(), {S, H, nq2, d});
+      a.out = make_view<4>("o", o2.data(), {S, H, nq2, d});
+      a.lse = make_view<3>("lse", lse2.data(), {S, H, nq2});
+      expect_error([&] { auto b = a; b.key_tile = 64; fused_attention(b); }, "do not apply to the persistent kernel");
+      expect_error(
+          [&] {
+            auto b = a;
+            b.observers = ObserverSet::listed({1, 2});
+            b.key_stat = make_view<3>("key_stat", stat.data(), {S, H, cap + n_new});
+            fused_attention<ObserverLogitSum>(b);
+          },
+          "persistent kernel computes no statistic");
     }
   } else {
     expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_mma; fused_attention(a); }, "sm_90a");

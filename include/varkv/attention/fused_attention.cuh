@@ -9,18 +9,22 @@
 //! writes O in bf16 and the natural-log LSE in fp32.
 //!
 //! \par Kernels
-//! Four kernels share this contract (`FusedAttentionArgs::kernel`). Three are warpgroup kernels
+//! Five kernels share this contract (`FusedAttentionArgs::kernel`). Four are warpgroup kernels
 //! (wgmma, 64 query rows per warpgroup, softmax overlapped with the P V product) for sm_90 GPUs when
 //! the code is compiled for sm_90a: the streaming one (detail/fused_attention_sm90.cuh: K/V tiles
 //! through cp.async rings, any key count), the resident-KV one
 //! (detail/fused_attention_sm90_resident.cuh: a CTA loads its row's K/V once and runs all its query
-//! tiles over it; head dim 64, at most 384 keys per row: VAR's 10% steps) and the warp-specialised
+//! tiles over it; head dim 64, at most 384 keys per row: VAR's 10% steps), the persistent one
+//! (detail/fused_attention_sm90_persistent.cuh: one CTA per SM walks the rows, four warpgroups take
+//! a row's query tiles while a producer warpgroup streams the next rows' Q and K/V; head dim 64,
+//! 65..256 queries, no statistic: VAR's full cache at 13x13 and 16x16) and the warp-specialised
 //! one (detail/fused_attention_sm90_specialized.cuh: a producer warpgroup copies, two consumer
 //! warpgroups take turns on the tensor cores; 128 query rows per CTA: Infinity's head dim 128).
 //! `automatic` gives them every map of more than 36 queries (32 at head dim 128) whose statistic
-//! they support (none, or listed observers): at head dim 128 with more than 192 queries the warp-specialised one (measured
-//! slower at Infinity's 12x12: 144 queries pad to two 128-row CTAs); at head dim
-//! 64 the resident one where the keys fit and the map has more than one 64-row tile, else the
+//! they support (none, or listed observers): at head dim 128 with more than 192 queries the
+//! warp-specialised one (measured slower at Infinity's 12x12: 144 queries pad to two 128-row CTAs);
+//! at head dim 64 the resident one where the keys fit and the map has more than one 64-row tile, the
+//! persistent one for 129..256 queries over more keys at two or more rows per SM, else the
 //! streaming one. The warp kernel (detail/fused_attention_sm80.cuh: mma.sync m16n8k16) takes the
 //! rest: small maps, where its work packing matters, every-query statistics, and GPUs without wgmma.
 //!
@@ -68,6 +72,7 @@
 #include "varkv/attention/detail/fused_attention_sm80.cuh"
 #include "varkv/attention/detail/fused_attention_sm90.cuh"
 #include "varkv/attention/detail/fused_attention_sm90_resident.cuh"
+#include "varkv/attention/detail/fused_attention_sm90_persistent.cuh"
 #include "varkv/attention/detail/fused_attention_sm90_specialized.cuh"
 #include "varkv/cache/device_layer_cache.cuh"
 #include "varkv/core/cuda_check.cuh"
@@ -81,8 +86,9 @@ using bf16 = __nv_bfloat16;
 //! Which kernel runs a fused attention launch.
 enum class AttentionKernel {
   automatic,      //!< where a wgmma kernel can run and n_q > 36 (32 at head dim 128): at head dim 128 and n_q > 192 the warp-specialised
-                  //!< one; the resident-KV one when n_q > 64 and its keys fit; else the streaming one;
-                  //!< otherwise the warp kernel
+                  //!< one; the resident-KV one when n_q > 64 and its keys fit; the persistent one (no
+                  //!< statistic) for 129..256 queries whose keys do not fit, at two rows per SM or more;
+                  //!< else the streaming one; otherwise the warp kernel
   warp_mma,       //!< mma.sync kernel: any sm_80+ GPU, every statistic; `rows_per_item` applies
   warpgroup_mma,  //!< wgmma kernel: sm_90 GPU and an sm_90a build; no statistic or listed observers
   //! wgmma kernel with the row's K/V loaded once and kept in shared memory while the CTA's query
@@ -92,10 +98,18 @@ enum class AttentionKernel {
   //! warp-specialised wgmma kernel (a producer warpgroup copies, two consumer warpgroups take turns
   //! on the tensor cores): as warpgroup_mma, 128 query rows per CTA; for long rows
   warpgroup_specialized,
+  //! persistent wgmma kernel (one CTA per SM walks the rows; four warpgroups take a row's 64-row query
+  //! tiles while a producer warpgroup streams the next rows' Q and K/V): head dim 64, 65..256 queries, any
+  //! number of keys, no statistic
+  warpgroup_persistent,
 };
 
 //! Most keys (kept cache + new keys) per row that the resident-KV kernel holds in shared memory.
 inline constexpr int kResidentKvMaxKeys = detail::fattn::sm90::ResidentConfig<64, 6>::kKeys;
+
+//! Key-tile pairs in the persistent kernel's ring, and the most queries it takes (four 64-row tiles).
+inline constexpr int kPersistentStages = 8;
+inline constexpr int kPersistentMaxQueries = detail::fattn::sm90::PersistentConfig<kPersistentStages>::kMaxQueries;
 
 //! Arguments of one fused attention launch (all pointers are device memory).
 struct FusedAttentionArgs {
@@ -238,6 +252,18 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
     require(detail::fattn::sm90::wgmma_available(),
             "fused attention: kernel = warpgroup_specialized needs an sm_90 GPU and code compiled for sm_90a");
   }
+  if (a.kernel == AttentionKernel::warpgroup_persistent) {
+    require(d == 64, "fused attention: the persistent kernel takes head_dim 64, got {}", d);
+    require(nq > 64 && nq <= kPersistentMaxQueries,
+            "fused attention: the persistent kernel takes 65..{} queries (two to four 64-row tiles), got n_q {}",
+            kPersistentMaxQueries, nq);
+    require(a.rows_per_item == 0 && a.key_tile == 0,
+            "fused attention: rows_per_item ({}) and key_tile ({}) do not apply to the persistent kernel",
+            a.rows_per_item, a.key_tile);
+    require(!Stats::enabled, "fused attention: the persistent kernel computes no statistic; use another kernel");
+    require(detail::fattn::sm90::wgmma_available(),
+            "fused attention: kernel = warpgroup_persistent needs an sm_90 GPU and code compiled for sm_90a");
+  }
   if (a.kernel == AttentionKernel::warp_mma)
     require(a.key_tile == 0, "fused attention: key_tile ({}) applies to the warpgroup kernel only", a.key_tile);
   if constexpr (Stats::enabled) {
@@ -274,6 +300,19 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
     p.key_stat = a.key_stat.data();
     detail::fattn::fill_strides(p.ks_s, a.key_stat);
     VARKV_CUDA_CHECK(cudaMemsetAsync(a.key_stat.data(), 0, a.key_stat.size() * sizeof(float), stream));
+  }
+  // The persistent kernel where the resident one cannot hold the keys (VAR's full cache at 13x13 and
+  // 16x16): three or four query tiles per row and at least two rows per SM to overlap (VAR-d30 B=64
+  // 16x16 full 528 vs 583 us on the streaming kernel, 13x13 287 vs 357; worse below three tiles or
+  // with one row per SM; a tie with the resident one where that one fits).
+  const bool persistent =
+      a.kernel == AttentionKernel::warpgroup_persistent ||
+      (!Stats::enabled && a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && a.key_tile == 0 &&
+       d == 64 && nq > 128 && nq <= kPersistentMaxQueries && max_len + n_new > kResidentKvMaxKeys &&
+       detail::fattn::sm90::wgmma_available() && S * H >= 2 * detail::fattn::sm90::device_sm_count());
+  if (persistent) {
+    detail::fattn::sm90::launch_persistent<kPersistentStages>(p, stream);
+    return;
   }
   const bool resident_kv =
       a.kernel == AttentionKernel::warpgroup_resident_kv ||
