@@ -31,7 +31,7 @@ using namespace varkv;
 namespace {
 
 enum class StatKind { none, probability_mass, logit_sum };
-enum class ObsKind { window16, every };
+enum class ObsKind { window16, every, listed40 };  // listed40: 40 queries spread over the map
 
 struct Case {
   std::string schedule;
@@ -52,7 +52,8 @@ std::string name(const Case& c) {
   static const char* st[] = {"none", "prob", "logit"};
   return c.schedule + " scale " + std::to_string(c.scale) + " S" + std::to_string(c.S) + " H" + std::to_string(c.H) +
          " d" + std::to_string(c.d) + " budget " + std::to_string(c.budget) + " stat " +
-         st[static_cast<int>(c.stat)] + (c.obs == ObsKind::every ? " all-observers" : " window-observers") +
+         st[static_cast<int>(c.stat)] +
+         (c.obs == ObsKind::every ? " all-observers" : c.obs == ObsKind::listed40 ? " 40-observers" : " window-observers") +
          (c.var_style ? " var-style" : "") + (c.rows ? " rows " + std::to_string(c.rows) : "") +
          (c.kernel == AttentionKernel::warpgroup_mma           ? " warpgroup-kernel"
           : c.kernel == AttentionKernel::warpgroup_resident_kv ? " resident-kv-kernel"
@@ -140,6 +141,8 @@ Errors run_case(const Case& c, std::uint64_t seed) {
   if (c.stat != StatKind::none) {
     if (c.obs == ObsKind::every) {
       for (int i = 0; i < nq; ++i) observers.push_back(i);
+    } else if (c.obs == ObsKind::listed40) {
+      for (int i = 0; i < 40 && i < nq; ++i) observers.push_back(static_cast<std::int32_t>(std::int64_t{i} * nq / 40));
     } else {
       observers = window_observers(sched.scale(c.scale).h, sched.scale(c.scale).w);
     }
@@ -428,6 +431,18 @@ TEST(FusedAttention, WarpgroupResidentKvKernel) {
     c.kernel = AttentionKernel::warpgroup_resident_kv;
     cases.push_back(c);
   }
+  // 288 rows keep a row's query tiles in one CTA: the statistic computed at the CTA's end from the
+  // resident K and the row's own LSE (10x10, 13x13, 16x16; both statistics; window and 40 listed
+  // observers: three chunks of 16).
+  for (int s : {7, 8, 9})
+    for (StatKind st : {StatKind::probability_mass, StatKind::logit_sum}) {
+      Case c{.schedule = "var-256", .scale = s, .S = 8, .H = 36, .d = 64, .budget = 0.1, .cap = 64};
+      c.stat = st;
+      c.var_style = (s == 8);
+      c.obs = (s == 9 && st == StatKind::logit_sum) ? ObsKind::listed40 : ObsKind::window16;
+      c.kernel = AttentionKernel::warpgroup_resident_kv;
+      cases.push_back(c);
+    }
   {  // ScaleKV's last step: 68 kept (10% of 680) + 256 new; here up to 128 + 256 = 384 (all six tiles)
     Case c{.schedule = "var-256", .scale = 9, .S = 2, .H = 3, .d = 64, .budget = 0.3, .cap = 128};
     c.stat = StatKind::probability_mass;

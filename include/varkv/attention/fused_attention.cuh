@@ -44,7 +44,10 @@
 //!   first, one per (sequence, head) row. For the probability mass they recompute the observers'
 //!   exact LSE (pass 1: QK^T and online max/sum of just those <= 64 rows, no V) and then add
 //!   exp(s - lse) per key (pass 2); for the logit sum one pass adds s. Cost O(n_obs x n_k) per row;
-//!   the attention work items run exactly the NoStats code path.
+//!   the attention work items run exactly the NoStats code path. The resident-KV kernel, where a
+//!   CTA holds all of its row's query tiles, instead computes the statistic at the CTA's end from the
+//!   resident K and the row's own LSE (no second read of K, no recomputed LSE: VAR-d30 B=64 16x16
+//!   10%, 16 window observers, probability mass 399 -> 329 us, logit sum 362 -> 320, NoStats 281).
 //! - Every query observes (H2O): the work items accumulate it themselves: the logit sum during the
 //!   main pass, the probability mass in a second sweep over K once each item knows its rows' LSE.
 //! No separate O(n_q x n_k) pass over memory either way.

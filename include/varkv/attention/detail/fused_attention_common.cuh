@@ -37,6 +37,7 @@ struct Params {
   int item_q_tiles; // 64-row query tiles per work item (resident-KV warpgroup kernel only)
   int total_items;
   int obs_blocks;   // leading CTAs of the observer pass (listed observers), else 0
+  int obs_fused;    // resident-KV kernel: each CTA computes its row's listed-observer statistic itself
   float scale;      // softmax scale
   float scale_log2; // softmax scale * log2(e)
 };
@@ -113,6 +114,24 @@ __device__ __forceinline__ void add_key_stat_column(const Params& p, float x, in
   }
 }
 
+// S = Q K^T of 16 observer rows (A fragments qa) against NO keys stored swz<D> (rows of D elements,
+// 16-byte chunks XOR-swizzled by row mod 8: also the layout of a 64-key wgmma tile at head dim 64).
+template <int D, int NO>
+__device__ __forceinline__ void observer_qk(float (&s)[NO / 8][4], const unsigned (&qa)[D / 16][4], const bf16* sK,
+                                            int lane) {
+#pragma unroll
+  for (int i = 0; i < NO / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+    for (int np = 0; np < NO / 16; ++np) {
+      unsigned b[4];
+      ldsm_x4(b, sK + swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
+      mma16816(s[2 * np], qa[kk], b[0], b[1]);
+      mma16816(s[2 * np + 1], qa[kk], b[2], b[3]);
+    }
+}
+
 // Listed observers: one CTA per (sequence, head) row; its NW warps split the key tiles (warp w takes
 // tiles w, w + NW, ...) for each chunk of 16 observers. Logit sum: one pass adding s per key.
 // Probability mass: pass 1 recomputes the observers' exact LSE (QK^T and online max/sum only, no V;
@@ -163,19 +182,7 @@ __device__ void observer_pass(const Params& p, const ObserverSet& obs, int row, 
     }
   };
   unsigned qa[KS][4];
-  auto qk = [&](float (&s)[NT][4], const bf16* sK) {
-#pragma unroll
-    for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        unsigned b[4];
-        ldsm_x4(b, sK + swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
-        mma16816(s[2 * np], qa[kk], b[0], b[1]);
-        mma16816(s[2 * np + 1], qa[kk], b[2], b[3]);
-      }
-  };
+  auto qk = [&](float (&s)[NT][4], const bf16* sK) { observer_qk<D, NO>(s, qa, sK, lane); };
   for (int o0 = 0; o0 < obs.count; o0 += 16) {
     __syncthreads();  // the previous chunk's readers of sQ are done
     for (int i = threadIdx.x; i < 16 * DT; i += blockDim.x) {

@@ -15,8 +15,13 @@
 //! cost a key tile: six tiles, 384 keys, at two CTAs per SM).
 //!
 //! \par Statistics
-//! Listed observers: leading CTAs of the same launch run the observer pass (observer_pass, 8 warps),
-//! one per (sequence, head) row. Every-query statistics stay on the warp kernel.
+//! Listed observers. Where a CTA holds all of its row's query tiles (VAR-d30 B=64: every step), it
+//! computes the row's statistic at its end (resident_observer_stats): logits from the resident K
+//! tiles, each observer's exact LSE from the row's own output, so K is not read twice and no LSE is
+//! recomputed. Otherwise (few rows, query tiles split over CTAs) leading CTAs of the same launch run
+//! the observer pass (observer_pass, 8 warps), one per (sequence, head) row. A device length that
+//! overflows the resident tiles gives NaN outputs and no statistic. Every-query statistics stay on
+//! the warp kernel.
 //!
 //! \par Synchronisation
 //! One cp.async group per key tile: the first query tile of each warpgroup starts on key tile 0 as
@@ -65,6 +70,59 @@ __device__ __forceinline__ void warpgroup_barrier(int wg) {
   // Immediate barrier ids: a register id makes ptxas reserve all 16 barriers of the CTA.
   if (wg == 0) asm volatile("bar.sync 1, 128;\n" ::: "memory");
   else asm volatile("bar.sync 2, 128;\n" ::: "memory");
+}
+#endif
+
+#if VARKV_WGMMA_DEVICE
+// Listed observers of the CTA's own row, once every query tile of the row is done (obs_fused: the
+// CTA holds all of them): the logits come from the resident K tiles (no second read of K from
+// memory) and each observer's exact LSE from this CTA's own output (no recomputation). The 8 warps
+// take 32-key slabs (half a 64-key tile: the same swizzled rows), 16 observers at a time in sQo.
+template <int D, class Stats, class KBuf>
+__device__ void resident_observer_stats(const Params& p, const ObserverSet& obs, const RowOperands& ro, KBuf k_buf,
+                                        bf16* sQo) {
+  constexpr int NO = 32, NT = NO / 8, DT = D / 8, KS = D / 16;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int nk = ro.nk, slabs = (nk + NO - 1) / NO;
+  for (int o0 = 0; o0 < obs.count; o0 += 16) {
+    __syncthreads();  // every query tile's wgmma reads of sQo and LSE stores (first chunk), or the last chunk's reads
+    for (int i = tid; i < 16 * DT; i += blockDim.x) {
+      const int r = i / DT, c = i % DT, oi = o0 + r;
+      const bool ok = oi < obs.count;
+      cp_async16(sQo + swz<D>(r, c), ok ? ro.q + obs.index[oi] * p.q_s[2] + c * 8 : p.q, ok);
+    }
+    cp_commit();
+    cp_wait<0>();
+    __syncthreads();
+    unsigned qa[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) ldsm_x4(qa[kk], sQo + swz<D>(lane & 15, kk * 2 + (lane >> 4)));
+    const bool valid[2] = {o0 + g < obs.count, o0 + g + 8 < obs.count};
+    float lse2[2] = {0.f, 0.f};
+    if constexpr (Stats::probabilities) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        if (valid[h])
+          lse2[h] = p.lse[ro.seq * p.lse_s[0] + ro.head * p.lse_s[1] + obs.index[o0 + g + 8 * h] * p.lse_s[2]] *
+                    1.4426950408889634f;
+    }
+    for (int sl = warp; sl < slabs; sl += blockDim.x / 32) {
+      float s[NT][4];
+      observer_qk<D, NO>(s, qa, k_buf(sl >> 1) + (sl & 1) * NO * D, lane);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float x;
+          if constexpr (Stats::probabilities)
+            x = (valid[0] ? exp2f(s[nt][e] * p.scale_log2 - lse2[0]) : 0.f) +
+                (valid[1] ? exp2f(s[nt][2 + e] * p.scale_log2 - lse2[1]) : 0.f);
+          else
+            x = (valid[0] ? s[nt][e] * p.scale : 0.f) + (valid[1] ? s[nt][2 + e] * p.scale : 0.f);
+          add_key_stat_column(p, x, sl * NO + nt * 8 + 2 * tq + e, nk, ro.len, ro.seq, ro.head, g);
+        }
+    }
+  }
 }
 #endif
 
@@ -153,6 +211,9 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
     for (int t = 0; t < tiles; ++t) first_pass_wait(t);
   }
   cp_wait<0>();
+  if constexpr (Stats::enabled) {
+    if (p.obs_fused && !ro.bad_len) resident_observer_stats<D, Stats>(p, obs, ro, k_buf, sQ);
+  }
 #else
   (void)p;
   (void)obs;
@@ -179,7 +240,10 @@ void launch_resident(Params p, const ObserverSet& obs, cudaStream_t stream) {
   p.item_q_tiles = resident_item_q_tiles(p.S * p.H, p.nq, device_sm_count());
   p.q_tiles = ((p.nq + 63) / 64 + p.item_q_tiles - 1) / p.item_q_tiles;
   p.total_items = p.S * p.H * p.q_tiles;
-  p.obs_blocks = Stats::enabled ? p.S * p.H : 0;
+  // A CTA that holds all of its row's query tiles computes the row's observer statistic itself;
+  // otherwise leading observer CTAs do (the observers' LSE would be another CTA's).
+  p.obs_fused = Stats::enabled && p.item_q_tiles >= (p.nq + 63) / 64;
+  p.obs_blocks = Stats::enabled && !p.obs_fused ? p.S * p.H : 0;
   kernel<<<p.obs_blocks + p.total_items, C::kThreads, smem, stream>>>(p, obs);
   VARKV_CUDA_CHECK_LAUNCH("fused_attention_wgmma_resident_kernel");
 }
