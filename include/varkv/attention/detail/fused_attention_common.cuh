@@ -132,6 +132,26 @@ __device__ __forceinline__ void observer_qk(float (&s)[NO / 8][4], const unsigne
     }
 }
 
+// Adds NO keys' statistic (keys j0 ..) over the valid ones of 16 observer rows (logits s as
+// observer_qk leaves them; lse2: each row's LSE in the log2 domain, for the probability mass).
+template <class Stats, int NO>
+__device__ __forceinline__ void add_observer_columns(const Params& p, const float (&s)[NO / 8][4], const bool (&valid)[2],
+                                                     const float (&lse2)[2], int j0, int nk, int len, int seq,
+                                                     int head, int g, int tq) {
+#pragma unroll
+  for (int nt = 0; nt < NO / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float x;
+      if constexpr (Stats::probabilities)
+        x = (valid[0] ? exp2f(s[nt][e] * p.scale_log2 - lse2[0]) : 0.f) +
+            (valid[1] ? exp2f(s[nt][2 + e] * p.scale_log2 - lse2[1]) : 0.f);
+      else
+        x = (valid[0] ? s[nt][e] * p.scale : 0.f) + (valid[1] ? s[nt][2 + e] * p.scale : 0.f);
+      add_key_stat_column(p, x, j0 + nt * 8 + 2 * tq + e, nk, len, seq, head, g);
+    }
+}
+
 // Listed observers: one CTA per (sequence, head) row; its NW warps split the key tiles (warp w takes
 // tiles w, w + NW, ...) for each chunk of 16 observers. Logit sum: one pass adding s per key.
 // Probability mass: pass 1 recomputes the observers' exact LSE (QK^T and online max/sum only, no V;
@@ -247,18 +267,7 @@ __device__ void observer_pass(const Params& p, const ObserverSet& obs, int row, 
     sweep([&](int t, const bf16* tile) {
       float s[NT][4];
       qk(s, tile);
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float x;
-          if constexpr (Stats::probabilities)
-            x = (valid[0] ? exp2f(s[nt][e] * p.scale_log2 - lse2[0]) : 0.f) +
-                (valid[1] ? exp2f(s[nt][2 + e] * p.scale_log2 - lse2[1]) : 0.f);
-          else
-            x = (valid[0] ? s[nt][e] * p.scale : 0.f) + (valid[1] ? s[nt][2 + e] * p.scale : 0.f);
-          add_key_stat_column(p, x, t * NO + nt * 8 + 2 * tq + e, nk, len, seq, head, g);
-        }
+      add_observer_columns<Stats, NO>(p, s, valid, lse2, t * NO, nk, len, seq, head, g, tq);
     });
   }
 }

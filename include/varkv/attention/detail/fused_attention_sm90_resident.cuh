@@ -109,18 +109,7 @@ __device__ void resident_observer_stats(const Params& p, const ObserverSet& obs,
     for (int sl = warp; sl < slabs; sl += blockDim.x / 32) {
       float s[NT][4];
       observer_qk<D, NO>(s, qa, k_buf(sl >> 1) + (sl & 1) * NO * D, lane);
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float x;
-          if constexpr (Stats::probabilities)
-            x = (valid[0] ? exp2f(s[nt][e] * p.scale_log2 - lse2[0]) : 0.f) +
-                (valid[1] ? exp2f(s[nt][2 + e] * p.scale_log2 - lse2[1]) : 0.f);
-          else
-            x = (valid[0] ? s[nt][e] * p.scale : 0.f) + (valid[1] ? s[nt][2 + e] * p.scale : 0.f);
-          add_key_stat_column(p, x, sl * NO + nt * 8 + 2 * tq + e, nk, ro.len, ro.seq, ro.head, g);
-        }
+      add_observer_columns<Stats, NO>(p, s, valid, lse2, sl * NO, nk, ro.len, ro.seq, ro.head, g, tq);
     }
   }
 }
