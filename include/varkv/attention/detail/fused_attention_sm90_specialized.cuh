@@ -27,9 +27,13 @@
 //! consumers' largest stall was waiting for V (copy_key_tile's single-pointer path fixed it).
 //!
 //! \par Scheduling
-//! Named barriers 1 and 2 order the consumers' MMA issue: warpgroup 1 issues step t, lets warpgroup
-//! 2 issue its step t, which lets warpgroup 1 issue step t + 1, and so on (both run the same number
-//! of steps: the same row).
+//! Persistent: at most one CTA per SM, each walking the work items (128-row query blocks) c, c + G,
+//! ...; the key tiles of all its items form one stream through the rings, and Q has one buffer that
+//! the consumers release after their block's last S = Q K^T, so the next block's Q and first K/V
+//! tiles are copied while the current block's last P V and stores run, and a grid of a few hundred
+//! blocks (Infinity-2B B=4 16x16: 256) runs as one wave. Named barriers 1 and 2 order the
+//! consumers' MMA issue: warpgroup 1 issues step t, lets warpgroup 2 issue its step t, which lets
+//! warpgroup 1 issue step t + 1, and so on (both run the same number of steps: the same row).
 //!
 //! \par Statistics
 //! Listed observers: leading CTAs of the same launch run the observer pass (all 12 warps).
@@ -54,7 +58,7 @@ struct SpecializedConfig {
   static constexpr int kRows = 128;
   static constexpr int kQBytes = kRows * D * 2;
   static constexpr int kTileBytes = BN * D * 2;
-  static constexpr int kBarrierBytes = 4 * STAGES * 8;  // full/empty for each K and V buffer
+  static constexpr int kBarrierBytes = (4 * STAGES + 2) * 8;  // full/empty for each K and V buffer, and for Q
   // + 1024: the window is aligned up to 1024 bytes (the 128-byte swizzle is taken from address bits).
   static constexpr int kSmemBytes = kQBytes + 2 * STAGES * kTileBytes + kBarrierBytes + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "fits one CTA per SM");
@@ -124,16 +128,10 @@ __global__ void __launch_bounds__(384, 1) fused_attention_wgmma_specialized_kern
       return;
     }
   }
-  const int item = static_cast<int>(blockIdx.x) - p.obs_blocks;
-  const int row = item / p.q_tiles, q0 = (item % p.q_tiles) * C::kRows;
-  const RowOperands ro(p, row);
-  const int len = ro.len, nk = ro.nk;
-  const int tiles = (nk + BN - 1) / BN;
-  if (tiles == 0) {  // CTA-uniform, before any barrier
-    write_nan_rows<D>(p, ro.seq, ro.head, q0, C::kRows);
-    return;
-  }
-
+  // Persistent: CTA c takes the work items (one 128-row query block of one row) c, c + G, ... (G
+  // CTAs, at most one per SM): the next item's Q and first K/V tiles are copied while the consumers
+  // finish the current one, and no second wave waits for a first (Infinity-2B B=4 16x16: 256 items).
+  const int cta = static_cast<int>(blockIdx.x) - p.obs_blocks, ctas = static_cast<int>(gridDim.x) - p.obs_blocks;
   bf16* const sQ = reinterpret_cast<bf16*>(smem);
   bf16* const sK0 = reinterpret_cast<bf16*>(smem + C::kQBytes);
   bf16* const sV0 = sK0 + STAGES * BN * D;
@@ -141,8 +139,11 @@ __global__ void __launch_bounds__(384, 1) fused_attention_wgmma_specialized_kern
   std::uint64_t* const empty_k = full_k + STAGES;
   std::uint64_t* const full_v = empty_k + STAGES;
   std::uint64_t* const empty_v = full_v + STAGES;
-  auto k_buf = [&](int t) { return sK0 + (t % STAGES) * (BN * D); };
-  auto v_buf = [&](int t) { return sV0 + (t % STAGES) * (BN * D); };
+  std::uint64_t* const q_full = empty_v + STAGES;
+  std::uint64_t* const q_empty = q_full + 1;
+  // Key tile a of the CTA's stream (over all its items) sits in buffer a mod STAGES, phase (a / STAGES) mod 2.
+  auto k_buf_at = [&](unsigned a) { return sK0 + (a % STAGES) * (BN * D); };
+  auto v_buf_at = [&](unsigned a) { return sV0 + (a % STAGES) * (BN * D); };
 
   const int tid = threadIdx.x, wg = tid >> 7;
   if (tid < STAGES) {
@@ -151,29 +152,46 @@ __global__ void __launch_bounds__(384, 1) fused_attention_wgmma_specialized_kern
     mbar_init(empty_k + tid, 256);  // every consumer thread, once its wgmma read the buffer
     mbar_init(empty_v + tid, 256);
   }
+  if (tid == 0) {
+    mbar_init(q_full, 128);
+    mbar_init(q_empty, 256);  // every consumer thread, once its last S = Q K^T completed
+  }
   __syncthreads();
 
   if (wg == 0) {  // producer
     setmaxnreg_dec<C::kProducerRegs>();
     const int ptid = tid;
-    // Item n: K_0, then K_{(n+1)/2} (odd n) and V_{n/2-1} (even n), last V_{tiles-1}; the consumers
-    // need K_t before V_{t-1}.
-    auto item_of = [&](int n, bool& is_k) {
-      if (n == 0) { is_k = true; return 0; }
-      if (n == 2 * tiles - 1) { is_k = false; return tiles - 1; }
-      is_k = (n & 1) != 0;
-      return is_k ? (n + 1) / 2 : n / 2 - 1;
-    };
-    for (int n = 0; n < 2 * tiles; ++n) {
-      bool is_k;
-      const int t = item_of(n, is_k);
-      if (t >= STAGES) mbar_wait((is_k ? empty_k : empty_v) + t % STAGES, ((t / STAGES) - 1) & 1);
-      if (n == 0) copy_query_rows<D>(sQ, C::kRows, ro.q, p.q_s[2], q0, p.nq, ptid, 128, p.q);  // with K_0
-      if (is_k)
-        copy_key_tile<D, BN, 128>(k_buf(t), ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], t, len, nk, ptid, p.q);
-      else
-        copy_key_tile<D, BN, 128>(v_buf(t), ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], t, len, nk, ptid, p.q);
-      cp_async_arrive_noinc((is_k ? full_k : full_v) + t % STAGES);
+    unsigned nbase = 0, qi = 0;  // key tiles and query blocks copied so far
+    for (int item = cta; item < p.total_items; item += ctas) {
+      const RowOperands ro(p, item / p.q_tiles);
+      const int tiles = (ro.nk + BN - 1) / BN, q0 = (item % p.q_tiles) * C::kRows;
+      if (tiles == 0) continue;  // NaN rows, written by the consumers; nothing to copy
+      // Item n: K_0, then K_{(n+1)/2} (odd n) and V_{n/2-1} (even n), last V_{tiles-1}; the consumers
+      // need K_t before V_{t-1}.
+      auto item_of = [&](int n, bool& is_k) {
+        if (n == 0) { is_k = true; return 0; }
+        if (n == 2 * tiles - 1) { is_k = false; return tiles - 1; }
+        is_k = (n & 1) != 0;
+        return is_k ? (n + 1) / 2 : n / 2 - 1;
+      };
+      for (int n = 0; n < 2 * tiles; ++n) {
+        bool is_k;
+        const int t = item_of(n, is_k);
+        const unsigned a = nbase + t;
+        if (a >= STAGES) mbar_wait((is_k ? empty_k : empty_v) + a % STAGES, ((a / STAGES) - 1) & 1);
+        if (n == 0) {  // with K_0, once the consumers' last Q K^T of the previous block completed
+          if (qi > 0) mbar_wait(q_empty, (qi - 1) & 1);
+          copy_query_rows<D>(sQ, C::kRows, ro.q, p.q_s[2], q0, p.nq, ptid, 128, p.q);
+          cp_async_arrive_noinc(q_full);
+        }
+        if (is_k)
+          copy_key_tile<D, BN, 128>(k_buf_at(a), ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], t, ro.len, ro.nk, ptid, p.q);
+        else
+          copy_key_tile<D, BN, 128>(v_buf_at(a), ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], t, ro.len, ro.nk, ptid, p.q);
+        cp_async_arrive_noinc((is_k ? full_k : full_v) + a % STAGES);
+      }
+      nbase += tiles;
+      ++qi;
     }
     cp_wait_all();  // no copy outlives its thread
     return;
@@ -183,25 +201,52 @@ __global__ void __launch_bounds__(384, 1) fused_attention_wgmma_specialized_kern
   const int ctid = tid - 128, cw = ctid >> 7, w4 = (ctid >> 5) & 3, lane = ctid & 31, g = lane >> 2, tq = lane & 3;
   const std::uint64_t q_desc0 = smem_desc(sQ + cw * 64 * 64, 16, 1024);
   auto q_desc = [&](int kk) { return q_desc0 + k_step<C::kRows>(kk); };
+  // Turns: consumer 1 issues step t, consumer 2 its step t, and so on; consumer 2 passes after its
+  // last step of every block too, and consumer 1 takes that last pass after its loop (every
+  // arrival is matched).
   struct Hooks {
-    std::uint64_t *full_k, *full_v, *empty_k, *empty_v;
+    std::uint64_t *full_k, *full_v, *empty_k, *empty_v, *q_empty;
+    unsigned nbase;
     int tiles, wg;
     __device__ __forceinline__ void before_issue(int t) {
-      if (t < tiles) mbar_wait(full_k + t % STAGES, (t / STAGES) & 1);
-      if (t > 0) mbar_wait(full_v + (t - 1) % STAGES, ((t - 1) / STAGES) & 1);
+      const unsigned a = nbase + t, b = a - 1;
+      if (t < tiles) mbar_wait(full_k + a % STAGES, (a / STAGES) & 1);
+      if (t > 0) mbar_wait(full_v + b % STAGES, (b / STAGES) & 1);
       fence_proxy_async();  // the producer's cp.async writes (generic proxy) before this thread's wgmma reads
       turn_wait(wg);
     }
-    __device__ __forceinline__ void after_issue(int t) {
-      if (!(wg == 2 && t == tiles)) turn_pass(wg);  // nobody waits for the second consumer's last turn
+    __device__ __forceinline__ void after_issue(int) { turn_pass(wg); }
+    __device__ __forceinline__ void k_read(int t) {
+      mbar_arrive(empty_k + (nbase + t) % STAGES);
+      if (t == tiles - 1) mbar_arrive(q_empty);  // the block's last read of Q
     }
-    __device__ __forceinline__ void k_read(int t) { mbar_arrive(empty_k + t % STAGES); }
-    __device__ __forceinline__ void v_read(int t) { mbar_arrive(empty_v + t % STAGES); }
-  } hooks{full_k, full_v, empty_k, empty_v, tiles, wg};
+    __device__ __forceinline__ void v_read(int t) { mbar_arrive(empty_v + (nbase + t) % STAGES); }
+  };
   if (wg == 2) turn_pass(wg);  // the first consumer goes first
+  unsigned nbase = 0, qi = 0;
   WarpgroupRows<D, BN> rows;
-  rows.attend_hooked(tiles, nk, p.scale_log2, tq, q_desc, k_buf, v_buf, hooks);
-  rows.store(p, ro.seq, ro.head, q0 + cw * 64 + w4 * 16, ro.bad_len, g, tq);
+  for (int item = cta; item < p.total_items; item += ctas) {
+    const RowOperands ro(p, item / p.q_tiles);
+    const int tiles = (ro.nk + BN - 1) / BN, q0 = (item % p.q_tiles) * C::kRows;
+    if (tiles == 0) {  // only without host lengths: a row without keys
+      for (int i = ctid & 127; i < 64; i += 128) {
+        const int qrow = q0 + cw * 64 + i;
+        if (qrow >= p.nq) continue;
+        bf16* orow = p.o + ro.seq * p.o_s[0] + ro.head * p.o_s[1] + qrow * p.o_s[2];
+        for (int c = 0; c < D; ++c) orow[c] = __float2bfloat16(NAN);
+        p.lse[ro.seq * p.lse_s[0] + ro.head * p.lse_s[1] + qrow * p.lse_s[2]] = NAN;
+      }
+      continue;
+    }
+    mbar_wait(q_full, qi & 1);
+    Hooks hooks{full_k, full_v, empty_k, empty_v, q_empty, nbase, tiles, wg};
+    rows.attend_hooked(tiles, ro.nk, p.scale_log2, tq, q_desc, [&](int t) { return k_buf_at(nbase + t); },
+                       [&](int t) { return v_buf_at(nbase + t); }, hooks);
+    rows.store(p, ro.seq, ro.head, q0 + cw * 64 + w4 * 16, ro.bad_len, g, tq);
+    nbase += tiles;
+    ++qi;
+  }
+  if (wg == 1) turn_wait(wg);  // consumer 2's pass after its last step (or its first, with no block)
 #else
   (void)p;
   (void)obs;
@@ -213,8 +258,14 @@ template <int D, int BN, int STAGES, class Stats>
 void launch_specialized(Params p, const ObserverSet& obs, cudaStream_t stream) {
   using C = SpecializedConfig<D, BN, STAGES>;
   constexpr int smem = Stats::enabled ? std::max(C::kSmemBytes, kObserverSmemBytes<D, 12> + 1024) : C::kSmemBytes;
-  launch_row_tiles<fused_attention_wgmma_specialized_kernel<D, BN, STAGES, Stats>, smem, Stats>(
-      p, obs, C::kRows, C::kThreads, "fused_attention_wgmma_specialized_kernel", stream);
+  constexpr auto kernel = fused_attention_wgmma_specialized_kernel<D, BN, STAGES, Stats>;
+  raise_dynamic_smem_once<kernel, smem>();
+  p.q_tiles = (p.nq + C::kRows - 1) / C::kRows;
+  p.total_items = p.S * p.H * p.q_tiles;
+  p.obs_blocks = Stats::enabled ? p.S * p.H : 0;
+  const int ctas = std::min(p.total_items, device_sm_count());
+  kernel<<<p.obs_blocks + ctas, C::kThreads, smem, stream>>>(p, obs);
+  VARKV_CUDA_CHECK_LAUNCH("fused_attention_wgmma_specialized_kernel");
 }
 
 }  // namespace varkv::detail::fattn::sm90
