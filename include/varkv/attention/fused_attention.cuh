@@ -19,7 +19,8 @@
 //! a row's query tiles while a producer warpgroup streams the next rows' Q and K/V; head dim 64,
 //! 65..256 queries, no statistic: VAR's full cache at 13x13 and 16x16) and the warp-specialised
 //! one (detail/fused_attention_sm90_specialized.cuh: a producer warpgroup copies, two consumer
-//! warpgroups take turns on the tensor cores; 128 query rows per CTA: Infinity's head dim 128).
+//! warpgroups take turns on the tensor cores; 128-row query blocks, one persistent CTA per SM
+//! walking them: Infinity's head dim 128).
 //! `automatic` gives them every map of more than 36 queries (32 at head dim 128) whose statistic
 //! they support (none, or listed observers): at head dim 128 with more than 192 queries the
 //! warp-specialised one (measured slower at Infinity's 12x12: 144 queries pad to two 128-row CTAs);
@@ -99,7 +100,7 @@ enum class AttentionKernel {
   //! host_lengths, else the cache capacity, + n_new; a row longer on the device gets NaN outputs)
   warpgroup_resident_kv,
   //! warp-specialised wgmma kernel (a producer warpgroup copies, two consumer warpgroups take turns
-  //! on the tensor cores): as warpgroup_mma, 128 query rows per CTA; for long rows
+  //! on the tensor cores; persistent CTAs walk 128-row query blocks): as warpgroup_mma; for long rows
   warpgroup_specialized,
   //! persistent wgmma kernel (one CTA per SM walks the rows; four warpgroups take a row's 64-row query
   //! tiles while a producer warpgroup streams the next rows' Q and K/V): head dim 64, 65..256 queries, any
