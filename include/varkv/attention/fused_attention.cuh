@@ -89,10 +89,11 @@ using bf16 = __nv_bfloat16;
 
 //! Which kernel runs a fused attention launch.
 enum class AttentionKernel {
-  automatic,      //!< where a wgmma kernel can run and n_q > 36 (32 at head dim 128): at head dim 128 and n_q > 192 the warp-specialised
-                  //!< one; the resident-KV one when n_q > 64 and its keys fit; the persistent one (no
-                  //!< statistic) for 129..256 queries whose keys do not fit, at two rows per SM or more;
-                  //!< else the streaming one; otherwise the warp kernel
+  //! where a wgmma kernel can run and n_q > 36 (32 at head dim 128): at head dim 128 and n_q > 192
+  //! the warp-specialised one; the resident-KV one when n_q > 64 and its keys fit; the persistent one
+  //! (no statistic) for 129..256 queries whose keys do not fit, at two rows per SM or more; else the
+  //! streaming one; otherwise the warp kernel
+  automatic,
   warp_mma,       //!< mma.sync kernel: any sm_80+ GPU, every statistic; `rows_per_item` applies
   warpgroup_mma,  //!< wgmma kernel: sm_90 GPU and an sm_90a build; no statistic or listed observers
   //! wgmma kernel with the row's K/V loaded once and kept in shared memory while the CTA's query
@@ -102,9 +103,9 @@ enum class AttentionKernel {
   //! warp-specialised wgmma kernel (a producer warpgroup copies, two consumer warpgroups take turns
   //! on the tensor cores; persistent CTAs walk 128-row query blocks): as warpgroup_mma; for long rows
   warpgroup_specialized,
-  //! persistent wgmma kernel (one CTA per SM walks the rows; four warpgroups take a row's 64-row query
-  //! tiles while a producer warpgroup streams the next rows' Q and K/V): head dim 64, 65..256 queries, any
-  //! number of keys, no statistic
+  //! persistent wgmma kernel (one CTA per SM walks the rows; four warpgroups take a row's 64-row
+  //! query tiles while a producer warpgroup streams the next rows' Q and K/V): head dim 64, 65..256
+  //! queries, any number of keys, no statistic
   warpgroup_persistent,
 };
 

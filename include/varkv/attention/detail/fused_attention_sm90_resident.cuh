@@ -81,6 +81,8 @@ __device__ __forceinline__ void warpgroup_barrier(int wg) {
 template <int D, class Stats, class KBuf>
 __device__ void resident_observer_stats(const Params& p, const ObserverSet& obs, const RowOperands& ro, KBuf k_buf,
                                         bf16* sQo) {
+  // At head dim 64 a wgmma key tile's rows are swz<D> rows (one 128-byte swizzle block per row).
+  static_assert(D == 64, "the resident K tiles read as observer_qk's layout at head dim 64");
   constexpr int NO = 32, NT = NO / 8, DT = D / 8, KS = D / 16;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   const int nk = ro.nk, slabs = (nk + NO - 1) / NO;
@@ -200,7 +202,7 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
     for (int t = 0; t < tiles; ++t) first_pass_wait(t);
   }
   cp_wait<0>();
-  if constexpr (Stats::enabled) {
+  if constexpr (Stats::enabled && D == 64) {
     if (p.obs_fused && !ro.bad_len) resident_observer_stats<D, Stats>(p, obs, ro, k_buf, sQ);
   }
 #else
@@ -231,7 +233,7 @@ void launch_resident(Params p, const ObserverSet& obs, cudaStream_t stream) {
   p.total_items = p.S * p.H * p.q_tiles;
   // A CTA that holds all of its row's query tiles computes the row's observer statistic itself;
   // otherwise leading observer CTAs do (the observers' LSE would be another CTA's).
-  p.obs_fused = Stats::enabled && p.item_q_tiles >= (p.nq + 63) / 64;
+  p.obs_fused = Stats::enabled && D == 64 && p.item_q_tiles >= (p.nq + 63) / 64;
   p.obs_blocks = Stats::enabled && !p.obs_fused ? p.S * p.H : 0;
   kernel<<<p.obs_blocks + p.total_items, C::kThreads, smem, stream>>>(p, obs);
   VARKV_CUDA_CHECK_LAUNCH("fused_attention_wgmma_resident_kernel");
