@@ -383,10 +383,11 @@ __device__ __forceinline__ void copy_query_rows(bf16* dst, int rows, const bf16*
 }
 
 // A row without keys (only reachable without host lengths): NaN outputs for query rows
-// q0 .. q0 + rows - 1, like a bad length.
+// q0 .. q0 + rows - 1, like a bad length, by `threads` threads from tid (default: the whole CTA).
 template <int D>
-__device__ __forceinline__ void write_nan_rows(const Params& p, int seq, int head, int q0, int rows) {
-  for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+__device__ __forceinline__ void write_nan_rows(const Params& p, int seq, int head, int q0, int rows,
+                                               int tid = threadIdx.x, int threads = blockDim.x) {
+  for (int i = tid; i < rows; i += threads) {
     const int qi = q0 + i;
     if (qi >= p.nq) continue;
     bf16* orow = p.o + seq * p.o_s[0] + head * p.o_s[1] + qi * p.o_s[2];
@@ -395,20 +396,33 @@ __device__ __forceinline__ void write_nan_rows(const Params& p, int seq, int hea
   }
 }
 
+// The dynamic shared-memory window aligned up to 1024 bytes: the 128-byte swizzle of a wgmma
+// operand is taken from address bits 4..9 (every wgmma kernel's size reserves the 1024 bytes).
+__device__ __forceinline__ unsigned char* align_smem_1024(unsigned char* raw) {
+  return reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(raw) + 1023) & ~std::uintptr_t{1023});
+}
+
+// Listed observers: the launch's leading p.obs_blocks CTAs run the observer pass (NW warps), first
+// so that they overlap the attention items. True for those CTAs (they do nothing else).
+template <int D, class Stats, int NW>
+__device__ __forceinline__ bool leading_observer_cta(const Params& p, const ObserverSet& obs, unsigned char* smem) {
+  if constexpr (Stats::enabled) {
+    if (static_cast<int>(blockIdx.x) < p.obs_blocks) {
+      observer_pass<D, Stats, NW>(p, obs, blockIdx.x, smem);
+      return true;
+    }
+  }
+  return false;
+}
+
 template <int D, int WG, int BN, int STAGES, class Stats>
 __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES>::kMinBlocks))
     fused_attention_wgmma_kernel(const Params p, const ObserverSet obs) {
 #if VARKV_WGMMA_DEVICE
   using C = Config<D, WG, BN, STAGES>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t{1023});
-  if constexpr (Stats::enabled) {
-    if (static_cast<int>(blockIdx.x) < p.obs_blocks) {  // first, so they overlap the attention items
-      observer_pass<D, Stats, 4 * WG>(p, obs, blockIdx.x, smem);
-      return;
-    }
-  }
+  unsigned char* const smem = align_smem_1024(smem_raw);
+  if (leading_observer_cta<D, Stats, 4 * WG>(p, obs, smem)) return;
   const int item = static_cast<int>(blockIdx.x) - p.obs_blocks;
   const int row = item / p.q_tiles, q0 = (item % p.q_tiles) * C::kRows;
   const RowOperands ro(p, row);

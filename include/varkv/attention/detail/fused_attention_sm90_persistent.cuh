@@ -66,17 +66,6 @@ struct PersistentConfig {
   static_assert(128 * kProducerRegs + kConsumers * 128 * kConsumerRegs <= kThreads * 96, "register budget");
 };
 
-#if VARKV_WGMMA_DEVICE
-// 64 x 64 NaN outputs (and LSE) of query rows q0.. of a row without keys, by one warpgroup.
-__device__ __forceinline__ void write_nan_tile(const Params& p, int seq, int head, int q0, int t128) {
-  for (int i = t128; i < 64 * 64; i += 128) {
-    const int qi = q0 + i / 64;
-    if (qi >= p.nq) continue;
-    p.o[seq * p.o_s[0] + head * p.o_s[1] + qi * p.o_s[2] + i % 64] = __float2bfloat16(NAN);
-    if (i % 64 == 0) p.lse[seq * p.lse_s[0] + head * p.lse_s[1] + qi * p.lse_s[2]] = NAN;
-  }
-}
-#endif
 
 template <int STAGES>
 __global__ void __launch_bounds__(PersistentConfig<STAGES>::kThreads, 1)
@@ -85,8 +74,7 @@ __global__ void __launch_bounds__(PersistentConfig<STAGES>::kThreads, 1)
   using C = PersistentConfig<STAGES>;
   constexpr int D = 64, BN = 64;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t{1023});
+  unsigned char* const smem = align_smem_1024(smem_raw);
   bf16* const sQ = reinterpret_cast<bf16*>(smem);  // [slot][warpgroup] 64 x 64 tiles
   bf16* const sK = reinterpret_cast<bf16*>(smem + C::kQBytes);
   bf16* const sV = sK + STAGES * BN * D;
@@ -184,7 +172,7 @@ __global__ void __launch_bounds__(PersistentConfig<STAGES>::kThreads, 1)
         __syncwarp();
         if (lane == 0) mbar_arrive(kv_empty + C::stage(n + t));
       }
-      if (wg < q_tiles) write_nan_tile(p, ro.seq, ro.head, wg * 64, tid & 127);
+      if (wg < q_tiles) write_nan_rows<D>(p, ro.seq, ro.head, wg * 64, 64, tid & 127, 128);
     }
     n += tiles;
   }

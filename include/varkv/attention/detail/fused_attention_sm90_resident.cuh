@@ -124,14 +124,8 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
   using C = ResidentConfig<D, KT>;
   constexpr int BN = C::kBN;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t{1023});
-  if constexpr (Stats::enabled) {
-    if (static_cast<int>(blockIdx.x) < p.obs_blocks) {
-      observer_pass<D, Stats, 8>(p, obs, blockIdx.x, smem);
-      return;
-    }
-  }
+  unsigned char* const smem = align_smem_1024(smem_raw);
+  if (leading_observer_cta<D, Stats, 8>(p, obs, smem)) return;
   const int item = static_cast<int>(blockIdx.x) - p.obs_blocks;
   const int row = item / p.q_tiles, qt0 = (item % p.q_tiles) * p.item_q_tiles;
   const int qt1 = min(qt0 + p.item_q_tiles, (p.nq + 63) / 64);

@@ -120,14 +120,8 @@ __global__ void __launch_bounds__(384, 1) fused_attention_wgmma_specialized_kern
 #if VARKV_WGMMA_DEVICE
   using C = SpecializedConfig<D, BN, STAGES>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t{1023});
-  if constexpr (Stats::enabled) {
-    if (static_cast<int>(blockIdx.x) < p.obs_blocks) {
-      observer_pass<D, Stats, 12>(p, obs, blockIdx.x, smem);
-      return;
-    }
-  }
+  unsigned char* const smem = align_smem_1024(smem_raw);
+  if (leading_observer_cta<D, Stats, 12>(p, obs, smem)) return;
   // Persistent: CTA c takes the work items (one 128-row query block of one row) c, c + G, ... (G
   // CTAs, at most one per SM): the next item's Q and first K/V tiles are copied while the consumers
   // finish the current one, and no second wave waits for a first (Infinity-2B B=4 16x16: 256 items).
@@ -229,13 +223,7 @@ __global__ void __launch_bounds__(384, 1) fused_attention_wgmma_specialized_kern
     const RowOperands ro(p, item / p.q_tiles);
     const int tiles = (ro.nk + BN - 1) / BN, q0 = (item % p.q_tiles) * C::kRows;
     if (tiles == 0) {  // only without host lengths: a row without keys
-      for (int i = ctid & 127; i < 64; i += 128) {
-        const int qrow = q0 + cw * 64 + i;
-        if (qrow >= p.nq) continue;
-        bf16* orow = p.o + ro.seq * p.o_s[0] + ro.head * p.o_s[1] + qrow * p.o_s[2];
-        for (int c = 0; c < D; ++c) orow[c] = __float2bfloat16(NAN);
-        p.lse[ro.seq * p.lse_s[0] + ro.head * p.lse_s[1] + qrow * p.lse_s[2]] = NAN;
-      }
+      write_nan_rows<D>(p, ro.seq, ro.head, q0 + cw * 64, 64, ctid & 127, 128);
       continue;
     }
     mbar_wait(q_full, qi & 1);
