@@ -1,5 +1,5 @@
 // GPU microbenchmarks of the fused attention (one scale step of one layer) and of selection +
-// compaction, at VAR-d16/d30 (var-256, B = 1, 16, 64 images x2 CFG) and Infinity-2B
+// compaction, at VAR-d16/d20/d24/d30 (var-256, B = 1, 16, 64 images x2 CFG) and Infinity-2B/8B
 // (infinity-1024, B = 1, 4 x2 CFG) shapes, full cache and 10% budget.
 //
 // Timing: CUDA events around single launches after 3 warm-ups, median of 25 (us_median, also the
@@ -371,13 +371,15 @@ void register_all() {
                                  key_tile)
         ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
   };
-  for (const auto& g : {geometries::var_d16(), geometries::var_d30()})
+  // Every scale of every model size the issue names (automatic kernel choice, no statistic).
+  for (const auto& g : {geometries::var_d16(), geometries::var_d20(), geometries::var_d24(), geometries::var_d30()})
     for (int images : {1, 16, 64})
       for (double budget : {1.0, 0.1})
         for (int s = 0; s < 10; ++s) reg_attn(g, var, images, s, budget, StatMode::none);
-  for (int images : {1, 4})
-    for (double budget : {1.0, 0.1})
-      for (int s = 0; s < 13; ++s) reg_attn(geometries::infinity_2b(), inf, images, s, budget, StatMode::none);
+  for (const auto& g : {geometries::infinity_2b(), geometries::infinity_8b()})
+    for (int images : {1, 4})
+      for (double budget : {1.0, 0.1})
+        for (int s = 0; s < 13; ++s) reg_attn(g, inf, images, s, budget, StatMode::none);
   // The two kernels side by side (automatic picks the warpgroup kernel for n_q > 64 on sm_90a), and
   // the warpgroup kernel's key tiles.
   for (int s = 6; s < 10; ++s)

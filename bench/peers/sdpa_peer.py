@@ -29,8 +29,11 @@ VAR256 = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
 INF1024 = [1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64]
 MODELS = {  # name: (heads, head_dim, sides, images)
     "var-d16": (16, 64, VAR256, [1, 16, 64]),
+    "var-d20": (20, 64, VAR256, [1, 16, 64]),
+    "var-d24": (24, 64, VAR256, [1, 16, 64]),
     "var-d30": (30, 64, VAR256, [1, 16, 64]),
     "infinity-2b": (16, 128, INF1024, [1, 4]),
+    "infinity-8b": (28, 128, INF1024, [1, 4]),
 }
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION} if torch else {}
@@ -248,6 +251,40 @@ def summarize(peer, ours_path):
         pg = best("infinity-2b/B4/scale12", "full_graph" if case == "full" else "10pct_compacted_graph")
         if not math.isnan(pg):
             print(f"  inside CUDA graphs: varkv {og:.1f} us, best SDPA {pg:.1f} us -> {pg / og:.2f}x")
+    # Every model and batch size both sides measured: sums over all scales of one layer, single calls
+    # (median) / inside CUDA graphs, the best SDPA backend per scale; the last scale's rates beside
+    # the ceilings measured in this run.
+    print(f"\n=== every model: sums over all scales of one layer (us, median / graph; best SDPA backend per scale) ===\n"
+          f"ceilings: D2D copy {peer.get('copy_GBps', float('nan')):.0f} GB/s, "
+          f"bf16 matmul {peer.get('matmul_TFLOPs', float('nan')):.0f} TFLOP/s\n")
+    print("| model | B | varkv full | SDPA full | varkv 10% | SDPA 10% pre-compacted | 10% vs SDPA full "
+          "| 10% vs pre-compacted | last scale full: varkv TFLOP/s, GB/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for model, (_, _, sides, images_list) in MODELS.items():
+        for images in images_list:
+            pre = f"{model}/B{images}/scale"
+            n = len(sides)
+            if not all(f"{pre}{s:02d}" in peer["attn"] for s in range(n)):
+                continue
+            sums = {}
+            for field in ("us_median", "us_graph"):
+                for case in ("full", "10pct"):
+                    sums[("ours", case, field)] = sum(us(f"attn/{pre}{s:02d}/{case}", field) for s in range(n))
+            for case in ("full", "10pct_compacted"):
+                for g in ("", "_graph"):
+                    sums[("sdpa", case, g)] = sum(best(f"{pre}{s:02d}", case + g) for s in range(n))
+            if any(math.isnan(v) for v in sums.values()):
+                continue
+            o10, o10g = sums[("ours", "10pct", "us_median")], sums[("ours", "10pct", "us_graph")]
+            last = ours.get(f"attn/{pre}{n - 1:02d}/full", {})
+            print(f"| {model} | {images} | {sums[('ours', 'full', 'us_median')]:.0f} / {sums[('ours', 'full', 'us_graph')]:.0f} "
+                  f"| {sums[('sdpa', 'full', '')]:.0f} / {sums[('sdpa', 'full', '_graph')]:.0f} "
+                  f"| {o10:.0f} / {o10g:.0f} "
+                  f"| {sums[('sdpa', '10pct_compacted', '')]:.0f} / {sums[('sdpa', '10pct_compacted', '_graph')]:.0f} "
+                  f"| {sums[('sdpa', 'full', '')] / o10:.2f}x / {sums[('sdpa', 'full', '_graph')] / o10g:.2f}x "
+                  f"| {sums[('sdpa', '10pct_compacted', '')] / o10:.2f}x / {sums[('sdpa', '10pct_compacted', '_graph')] / o10g:.2f}x "
+                  f"| {last.get('TFLOPs', float('nan')):.0f}, {last.get('GBps', float('nan')):.0f} |")
+    print()
     for key in ("infinity-2b/B4/scale12", "var-d30/B64/scale09"):
         m, b, s = key.split("/")
         sel = us(f"select/{m}/{b}/{s}/full-cache")

@@ -46,6 +46,7 @@ struct Case {
   int key_tile = 0;        // warpgroup kernel's keys per tile (0: automatic)
   int cap = 0;             // cache capacity (0: the full cache of the scale)
   int new_keys = 0;        // the scale's own keys (0: n_q, as in VAR)
+  bool rising = false;     // keys scaled up along the row: the softmax max rises tile after tile
 };
 
 std::string name(const Case& c) {
@@ -62,7 +63,8 @@ std::string name(const Case& c) {
           : c.kernel == AttentionKernel::warp_mma              ? " warp-kernel"
                                                                : "") +
          (c.key_tile ? " key-tile " + std::to_string(c.key_tile) : "") +
-         (c.cap ? " cap " + std::to_string(c.cap) : "") + (c.new_keys ? " n_new " + std::to_string(c.new_keys) : "");
+         (c.cap ? " cap " + std::to_string(c.cap) : "") + (c.new_keys ? " n_new " + std::to_string(c.new_keys) : "") +
+         (c.rising ? " rising-logits" : "");
 }
 
 float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
@@ -125,6 +127,15 @@ Errors run_case(const Case& c, std::uint64_t seed) {
       }
     };
     norm_rows(q, 8.0f); norm_rows(ck, 1.0f); norm_rows(nk, 1.0f);
+  }
+  if (c.rising) {  // key j of a row's order scaled by 0.25 + 4 j / 64: logits grow ~4x per 64-key tile
+    for (int r = 0; r < S * H; ++r) {
+      auto scale_key = [&](float* k, int j) {
+        for (int i = 0; i < d; ++i) k[i] *= 0.25f + 4.0f * static_cast<float>(j) / 64.0f;
+      };
+      for (int j = 0; j < len[r]; ++j) scale_key(&ck[(static_cast<std::size_t>(r) * cap + j) * d], j);
+      for (int j = 0; j < n_new; ++j) scale_key(&nk[(static_cast<std::size_t>(r) * n_new + j) * d], len[r] + j);
+    }
   }
   for (auto* v : {&q, &ck, &cv, &nk, &nv})
     for (auto& x : *v) x = bf16_round(x);
@@ -546,6 +557,39 @@ TEST(FusedAttention, WarpgroupSpecializedKernel) {
     c.kernel = AttentionKernel::warpgroup_specialized;
     cases.push_back(c);
   }
+  run_all(cases);
+}
+
+// Logits that grow along each row's keys (the running max rises by far more than the spread of a
+// tile's logits from tile to tile): the wgmma kernels' online softmax must move its reference and
+// rescale O and l on almost every tile, where random inputs settle it after the first. Every wgmma
+// kernel, both head dims, key tiles of 64 and 128, with and without a statistic (normalised by the
+// LSE that the same reference gives).
+TEST(FusedAttention, WgmmaKernelsRisingLogits) {
+  if (!fused_attention_has_warpgroup_kernel()) GTEST_SKIP() << "the wgmma kernels need an sm_90 GPU and an sm_90a build";
+  std::vector<Case> cases;
+  auto add = [&](Case c, AttentionKernel k) {
+    c.rising = true;
+    c.kernel = k;
+    cases.push_back(c);
+  };
+  for (int s : {7, 8, 9}) {
+    add(Case{.schedule = "var-256", .scale = s, .S = 2, .H = 3, .d = 64, .budget = 0.1, .cap = 64},
+        AttentionKernel::warpgroup_resident_kv);
+    add(Case{.schedule = "var-256", .scale = s, .S = 2, .H = 3, .d = 64, .budget = 1.0},
+        AttentionKernel::warpgroup_persistent);
+    for (int d : {64, 128}) {
+      add(Case{.schedule = "var-256", .scale = s, .S = 2, .H = 3, .d = d, .budget = 1.0, .stat = StatKind::probability_mass},
+          AttentionKernel::warpgroup_specialized);
+      for (int kt : {64, 128})
+        add(Case{.schedule = "var-256", .scale = s, .S = 2, .H = 3, .d = d, .budget = 0.5, .stat = StatKind::logit_sum,
+                 .key_tile = kt},
+            AttentionKernel::warpgroup_mma);
+    }
+  }
+  add(Case{.schedule = "var-256", .scale = 8, .S = 8, .H = 36, .d = 64, .budget = 0.1, .stat = StatKind::probability_mass,
+           .cap = 64},
+      AttentionKernel::warpgroup_resident_kv);  // in-CTA statistic
   run_all(cases);
 }
 
