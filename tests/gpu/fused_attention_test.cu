@@ -139,6 +139,36 @@ Errors run_case(const Case& c, std::uint64_t seed) {
   }
   for (auto* v : {&q, &ck, &cv, &nk, &nv})
     for (auto& x : *v) x = bf16_round(x);
+  if (c.rising) {
+    // The premise: for most (query, later 64-key tile) pairs the tile's max logit exceeds the running
+    // max of the tiles before it (checked on the first 8 queries of every row with >= 2 tiles).
+    int moved = 0, later_tiles = 0;
+    for (int r = 0; r < S * H; ++r) {
+      const int nkr = len[r] + n_new;
+      for (int i = 0; i < std::min(nq, 8); ++i) {
+        const float* qi = &q[(static_cast<std::size_t>(r) * nq + i) * d];
+        double run = -INFINITY, tile_max = -INFINITY;
+        for (int j = 0; j < nkr; ++j) {
+          const float* kj = j < len[r] ? &ck[(static_cast<std::size_t>(r) * cap + j) * d]
+                                       : &nk[(static_cast<std::size_t>(r) * n_new + j - len[r]) * d];
+          double dot = 0;
+          for (int e = 0; e < d; ++e) dot += double(qi[e]) * kj[e];
+          tile_max = std::max(tile_max, dot);
+          if (j % 64 == 63 || j == nkr - 1) {
+            if (j >= 64) {
+              ++later_tiles;
+              moved += tile_max > run;
+            }
+            run = std::max(run, tile_max);
+            tile_max = -INFINITY;
+          }
+        }
+      }
+    }
+    EXPECT_GT(later_tiles, 0) << "rising-logit case without a second key tile";
+    EXPECT_GE(2 * moved, later_tiles) << "rising logits: only " << moved << " of " << later_tiles
+                                      << " later tiles raise the running max";
+  }
   // Slots past a row's length: NaN in device memory (a read would poison O); zeros for the reference.
   std::vector<float> ck_dev = ck, cv_dev = cv;
   for (int r = 0; r < S * H; ++r)
