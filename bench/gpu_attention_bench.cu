@@ -360,7 +360,8 @@ void register_all() {
                               : stat == StatMode::prob_all      ? "/prob-all"
                                                                 : "/logit-window16") +
                              (rows ? "/rows" + std::to_string(rows) : "") +
-                             (kernel == AttentionKernel::warp_mma ? "/warp"
+                             (kernel == AttentionKernel::warp_mma
+                                  ? "/warp" + (key_tile ? "-k" + std::to_string(key_tile) : std::string())
                               : kernel == AttentionKernel::warpgroup_mma
                                   ? "/wgmma" + (key_tile ? "-k" + std::to_string(key_tile) : std::string())
                               : kernel == AttentionKernel::warpgroup_resident_kv ? "/wgmma-resident"
@@ -397,6 +398,13 @@ void register_all() {
     for (int s = 2; s < 6; ++s)
       for (double budget : {1.0, 0.1})
         reg_attn(geometries::var_d30(), var, images, s, budget, StatMode::none, 64, AttentionKernel::warpgroup_mma);
+  // The warp kernel's 16-row items with 16- and 32-key tiles (fused_attention_warp_key_tile picks one
+  // by padding) on every map it serves, 1x1 .. 6x6.
+  for (int images : {1, 16, 64})
+    for (int s = 0; s < 6; ++s)
+      for (double budget : {1.0, 0.1})
+        for (int tile : {16, 32})
+          reg_attn(geometries::var_d30(), var, images, s, budget, StatMode::none, 16, AttentionKernel::warp_mma, tile);
   // 8x8 (64 queries, the smallest map automatic gives a warpgroup kernel) on the warp kernel as well.
   for (const auto& g : {geometries::var_d16(), geometries::var_d30()})
     for (int images : {1, 16})

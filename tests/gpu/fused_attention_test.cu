@@ -43,7 +43,7 @@ struct Case {
   bool var_style = false;  // L2-normalised q, k with the scale folded into q, softmax scale 1
   int rows = 0;            // forced rows_per_item (0: automatic)
   AttentionKernel kernel = AttentionKernel::automatic;
-  int key_tile = 0;        // warpgroup kernel's keys per tile (0: automatic)
+  int key_tile = 0;        // keys per tile of the warp (16, 32) or warpgroup (64, 128) kernel (0: automatic)
   int cap = 0;             // cache capacity (0: the full cache of the scale)
   int new_keys = 0;        // the scale's own keys (0: n_q, as in VAR)
   bool rising = false;     // keys scaled up along the row: the softmax max rises tile after tile
@@ -390,6 +390,29 @@ TEST(FusedAttention, EveryWorkItemConfiguration) {
         c.stat = kStats[i % 3];
         c.obs = (i % 4 == 1) ? ObsKind::every : ObsKind::window16;
         c.rows = rows;
+        cases.push_back(c);
+        ++i;
+      }
+  run_all(cases);
+}
+
+// The warp kernel's 16-row items with both key tiles (16: six CTAs per SM, Q re-read from shared
+// memory; 32) on every map they serve and beyond (8x8: four items per row), every budget (ragged
+// lengths: tiles straddle the cache/new boundary), every statistic, the every-query one (a second
+// sweep over K through both tile buffers) included.
+TEST(FusedAttention, WarpKernelKeyTiles) {
+  std::vector<Case> cases;
+  int i = 0;
+  for (int tile : {16, 32})
+    for (int s = 0; s < 7; ++s)
+      for (double b : kBudgets) {
+        Case c{.schedule = "var-256", .scale = s, .S = 3, .H = 2, .d = 64, .budget = b};
+        c.stat = kStats[i % 3];
+        c.obs = (i % 3 == 1) ? ObsKind::every : ObsKind::window16;
+        c.var_style = (i % 2 == 1);
+        c.kernel = AttentionKernel::warp_mma;
+        c.rows = 16;
+        c.key_tile = tile;
         cases.push_back(c);
         ++i;
       }
@@ -748,6 +771,9 @@ TEST(FusedAttention, LauncherRejectsBadArguments) {
   expect_error([&] { auto a = good(); a.key_tile = 96; fused_attention(a); }, "key_tile");
   expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warp_mma; a.key_tile = 64; fused_attention(a); },
                "key_tile");
+  expect_error([&] { auto a = good(); a.key_tile = 16; fused_attention(a); }, "needs kernel = warp_mma");
+  expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warp_mma; a.rows_per_item = 64; a.key_tile = 32; fused_attention(a); },
+               "16-row items at head dim 64");
   if (fused_attention_has_warpgroup_kernel()) {
     expect_error([&] { auto a = good(); a.kernel = AttentionKernel::warpgroup_mma; a.rows_per_item = 32; fused_attention(a); },
                  "rows_per_item");

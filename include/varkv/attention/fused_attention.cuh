@@ -32,7 +32,9 @@
 //! \par Work packing (warp kernel)
 //! A CTA has 4 warps. A work item is 16 x MT x G query rows of one (sequence, head) row (each warp
 //! holds MT m16 tiles); the G warps of an item share its K/V tiles in shared memory. Small maps
-//! (n_q <= 36) use G = 1, MT = 1: a CTA serves four 16-row items; larger maps use G = 4, and
+//! (n_q <= 36) use G = 1, MT = 1: a CTA serves four 16-row items, with 32-key tiles, or at head dim
+//! 64 with 16-key tiles at six CTAs per SM where those pad the row less (fused_attention_warp_key_tile:
+//! latency-bound launches of thousands of short rows need fewer waves); larger maps use G = 4, and
 //! MT = 2 (128 rows) where the padding allows, which reuses each K/V fragment for two m16 tiles.
 //! One launch covers the whole step.
 //!
@@ -136,7 +138,9 @@ struct FusedAttentionArgs {
   //! Kernel choice: automatic, or one forced (tests, benchmarks). Forcing the warpgroup kernel where
   //! it cannot run is an error naming the reason.
   AttentionKernel kernel = AttentionKernel::automatic;
-  //! Keys per tile of the warpgroup kernel: 0 picks (128 at head dim 128, 64 at 64), or 64 / 128.
+  //! Keys per tile: 0 picks. The warpgroup kernel: 64 or 128 (automatic: 128 at head dim 128, 64 at
+  //! 64). The warp kernel (kernel = warp_mma) with 16-row items at head dim 64: 16 or 32 (automatic:
+  //! fused_attention_warp_key_tile).
   int key_tile = 0;
 };
 
@@ -164,6 +168,16 @@ inline int fused_attention_rows_per_item(std::int64_t n_q) {
 inline int fused_attention_warpgroup_rows(std::int64_t n_q) {
   const std::int64_t pad64 = (n_q + 63) / 64 * 64, pad128 = (n_q + 127) / 128 * 128;
   return pad128 * 100 <= pad64 * 115 ? 128 : 64;
+}
+
+//! Keys per tile that the warp kernel's 16-row items (head dim 64) take for rows of up to `max_keys`
+//! keys (kept cache + n_new): 16 where that pads the row less than 32 does (max_keys mod 32 in 1..16:
+//! the one-tile rows of 1x1..3x3, VAR's 6x6 at 10%), else 32. The 16-key configuration runs six CTAs
+//! (24 warps) per SM instead of four, so a launch of thousands of short rows needs fewer waves
+//! (VAR-d30 B=64 x2 1x1: 10.5 -> 7.8 us, 6x6 at 10%: 45.3 -> 38.6 us in graphs); where both pad alike
+//! the 32-key tiles' fewer steps win (4x4 at 10%, 17 keys: 12.0 vs 13.0 us). Head dim 128: 32.
+inline int fused_attention_warp_key_tile(std::int64_t d, std::int64_t max_keys) {
+  return d == 64 && (max_keys + 15) / 16 * 16 < (max_keys + 31) / 32 * 32 ? 16 : 32;
 }
 
 //! Runs one scale step's attention (and the statistic `Stats`) on `stream`. Validates every shape,
@@ -197,8 +211,17 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
   require(a.rows_per_item == 0 || a.rows_per_item == 16 || a.rows_per_item == 32 || a.rows_per_item == 64 ||
               a.rows_per_item == 128,
           "fused attention: rows_per_item is {}; supported: 0 (automatic), 16, 32, 64, 128", a.rows_per_item);
-  require(a.key_tile == 0 || a.key_tile == 64 || a.key_tile == 128,
-          "fused attention: key_tile is {}; supported: 0 (automatic), 64, 128", a.key_tile);
+  require(a.key_tile == 0 || a.key_tile == 16 || a.key_tile == 32 || a.key_tile == 64 || a.key_tile == 128,
+          "fused attention: key_tile is {}; supported: 0 (automatic), 16, 32 (warp kernel), 64, 128 (warpgroup kernel)",
+          a.key_tile);
+  if (a.key_tile == 16 || a.key_tile == 32) {
+    require(a.kernel == AttentionKernel::warp_mma,
+            "fused attention: key_tile {} selects the warp kernel's tile; it needs kernel = warp_mma", a.key_tile);
+    require(d == 64 && (a.rows_per_item ? a.rows_per_item : fused_attention_rows_per_item(nq)) == 16,
+            "fused attention: key_tile {} applies to the warp kernel's 16-row items at head dim 64 (head_dim {}, "
+            "rows_per_item {}, n_q {})",
+            a.key_tile, d, a.rows_per_item, nq);
+  }
   const bool every_query_stat = Stats::enabled && a.observers.all;
   if (a.kernel == AttentionKernel::warpgroup_mma) {
     require(a.rows_per_item == 0 || a.rows_per_item == 64 || a.rows_per_item == 128,
@@ -270,7 +293,8 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
             "fused attention: kernel = warpgroup_persistent needs an sm_90 GPU and code compiled for sm_90a");
   }
   if (a.kernel == AttentionKernel::warp_mma)
-    require(a.key_tile == 0, "fused attention: key_tile ({}) applies to the warpgroup kernel only", a.key_tile);
+    require(a.key_tile == 0 || a.key_tile == 16 || a.key_tile == 32,
+            "fused attention: key_tile {} applies to the warpgroup kernels; the warp kernel takes 16 or 32", a.key_tile);
   if constexpr (Stats::enabled) {
     require(!a.observers.empty(), "fused attention: a statistic was asked for but the observer set is empty");
     require(a.observers.count >= 0 && a.observers.count <= ObserverSet::kMaxListed,
@@ -360,7 +384,12 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
   }
   const int rows_per_item = a.rows_per_item ? a.rows_per_item : fused_attention_rows_per_item(nq);
   if (d == 64) {
-    if (rows_per_item == 16) detail::fattn::launch<64, 1, 1, Stats>(p, a.observers, stream);
+    if (rows_per_item == 16) {
+      if ((a.key_tile == 16 || a.key_tile == 32 ? a.key_tile : fused_attention_warp_key_tile(d, max_len + n_new)) == 16)
+        detail::fattn::launch<64, 1, 1, Stats, 16, 6>(p, a.observers, stream);
+      else
+        detail::fattn::launch<64, 1, 1, Stats>(p, a.observers, stream);
+    }
     else if (rows_per_item == 32) detail::fattn::launch<64, 1, 2, Stats>(p, a.observers, stream);
     else if (rows_per_item == 64) detail::fattn::launch<64, 4, 1, Stats>(p, a.observers, stream);
     else detail::fattn::launch<64, 4, 2, Stats>(p, a.observers, stream);

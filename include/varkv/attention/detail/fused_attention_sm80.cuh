@@ -12,16 +12,20 @@
 
 namespace varkv::detail::fattn {
 
-template <int D, int G, int MT>
+// BN: keys per tile (0: by D, G, MT); MINB: CTAs per SM that __launch_bounds__ asks registers for
+// (above 4, Q is re-read from shared memory instead of held in registers).
+template <int D, int G, int MT, int BN = 0, int MINB = 1>
 struct Config {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kGroups = kWarps / G;            // work items per CTA
   static constexpr int kRows = 16 * MT * G;              // query rows per item (MT m16 tiles per warp)
-  static constexpr int kBlockN = (G == 1 || (D == 128 && MT == 2)) ? 32 : 64;  // keys per tile
+  static constexpr int kBlockN = BN ? BN : (G == 1 || (D == 128 && MT == 2)) ? 32 : 64;
+  static_assert(kBlockN % 16 == 0 && kBlockN >= 16, "key tiles of 16-key multiples (ldmatrix x4 pairs)");
   static constexpr int kGroupElems = (kRows + 2 * kBlockN) * D;
   static constexpr int kSmemBytes = kGroups * kGroupElems * 2;
-  static constexpr bool kQInRegisters = MT * (D / 16) * 4 <= 32;  // else re-read from shared memory
+  // Re-read from shared memory where registers are scarce (high-occupancy configurations).
+  static constexpr bool kQInRegisters = MT * (D / 16) * 4 <= 32 && MINB <= 4;
 };
 
 // Barrier over the G warps of one item: the whole CTA for G = 4, a named barrier otherwise.
@@ -38,9 +42,9 @@ __device__ __forceinline__ void group_sync(int group) {
 
 // kListed: the observers are a list, handled by the leading observer CTAs; the work items then run
 // exactly the NoStats path. Otherwise (every query observes) the work items accumulate the statistic.
-template <int D, int G, int MT, class Stats, bool kListed>
-__global__ void __launch_bounds__(128) fused_attention_kernel(const Params p, const ObserverSet obs) {
-  using C = Config<D, G, MT>;
+template <int D, int G, int MT, int BN, int MINB, class Stats, bool kListed>
+__global__ void __launch_bounds__(128, MINB) fused_attention_kernel(const Params p, const ObserverSet obs) {
+  using C = Config<D, G, MT, BN, MINB>;
   constexpr bool kItemLogits = Stats::logits && !kListed, kItemProbs = Stats::probabilities && !kListed;
   constexpr int N = C::kBlockN, NT = N / 8, DT = D / 8, KS = D / 16;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -300,10 +304,10 @@ __global__ void __launch_bounds__(128) fused_attention_kernel(const Params p, co
   }
 }
 
-template <int D, int G, int MT, class Stats, bool kListed>
+template <int D, int G, int MT, int BN, int MINB, class Stats, bool kListed>
 void launch_kernel(Params p, const ObserverSet& obs, cudaStream_t stream) {
-  using C = Config<D, G, MT>;
-  constexpr auto kernel = fused_attention_kernel<D, G, MT, Stats, kListed>;
+  using C = Config<D, G, MT, BN, MINB>;
+  constexpr auto kernel = fused_attention_kernel<D, G, MT, BN, MINB, Stats, kListed>;
   constexpr int smem = kListed ? std::max(C::kSmemBytes, kObserverSmemBytes<D>) : C::kSmemBytes;
   raise_dynamic_smem_once<kernel, smem>();
   p.q_tiles = (p.nq + C::kRows - 1) / C::kRows;
@@ -314,12 +318,12 @@ void launch_kernel(Params p, const ObserverSet& obs, cudaStream_t stream) {
   VARKV_CUDA_CHECK_LAUNCH("fused_attention_kernel");
 }
 
-template <int D, int G, int MT, class Stats>
+template <int D, int G, int MT, class Stats, int BN = 0, int MINB = 1>
 void launch(const Params& p, const ObserverSet& obs, cudaStream_t stream) {
   if constexpr (Stats::enabled) {
-    if (!obs.all) return launch_kernel<D, G, MT, Stats, true>(p, obs, stream);
+    if (!obs.all) return launch_kernel<D, G, MT, BN, MINB, Stats, true>(p, obs, stream);
   }
-  launch_kernel<D, G, MT, Stats, false>(p, obs, stream);
+  launch_kernel<D, G, MT, BN, MINB, Stats, false>(p, obs, stream);
 }
 
 }  // namespace varkv::detail::fattn
