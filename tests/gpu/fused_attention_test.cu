@@ -396,6 +396,18 @@ TEST(FusedAttention, EveryWorkItemConfiguration) {
   run_all(cases);
 }
 
+// The premise of the wgmma kernel's unpadded layout (<64, 1, 64, 3> without alignment slack: four
+// CTAs per SM): on an sm_90 GPU, dynamic shared memory of a kernel without static shared memory
+// starts 1024-byte aligned. Fails, not skips, where that stops holding, so that the loss of the fast
+// path is seen (the launcher then falls back to the padded four-stage layout).
+TEST(FusedAttention, DynamicSharedMemoryIsAligned) {
+  if (!fused_attention_has_warpgroup_kernel()) GTEST_SKIP() << "needs an sm_90 GPU and an sm_90a build";
+  const long long base = detail::fattn::sm90::measure_dynamic_smem_base(nullptr);
+  ASSERT_GE(base, 0);
+  EXPECT_EQ(base % 1024, 0) << "dynamic shared memory starts at shared address " << base;
+  EXPECT_TRUE(detail::fattn::sm90::dynamic_smem_1024_aligned(nullptr));
+}
+
 // The warp kernel's 16-row items with both key tiles (16: six CTAs per SM, Q re-read from shared
 // memory; 32) on every map they serve and beyond (8x8: four items per row), every budget (ragged
 // lengths: tiles straddle the cache/new boundary), every statistic, the every-query one (a second

@@ -47,8 +47,10 @@
 namespace varkv::detail::fattn::sm90 {
 
 //! D: head dim (64, 128); WG: consumer warpgroups (64 query rows each); BN: keys per tile (64, 128);
-//! STAGES: depth of the K ring and of the V ring (>= 3: V_{t-1} and K_t are read while later tiles load).
-template <int D, int WG, int BN, int STAGES>
+//! STAGES: depth of the K ring and of the V ring (>= 3: V_{t-1} and K_t are read while later tiles load);
+//! ALIGNED: the launcher found dynamic shared memory 1024-byte aligned on this device
+//! (dynamic_smem_1024_aligned), so no alignment slack is allocated.
+template <int D, int WG, int BN, int STAGES, bool ALIGNED = false>
 struct Config {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(WG == 1 || WG == 2, "one or two consumer warpgroups");
@@ -59,9 +61,10 @@ struct Config {
   static constexpr int kQBytes = kRows * D * 2;
   static constexpr int kTileBytes = BN * D * 2;
   static constexpr int kStageBytes = 2 * kTileBytes;  // one K and one V buffer
-  // + 1024: the dynamic window is aligned up to 1024 bytes in the kernel (the swizzle pattern of a
-  // wgmma operand is taken from address bits 4..9).
-  static constexpr int kSmemBytes = kQBytes + STAGES * kStageBytes + 1024;
+  // + 1024 unless ALIGNED: the dynamic window is aligned up to 1024 bytes in the kernel (the swizzle
+  // pattern of a wgmma operand is taken from address bits 4..9). Without the slack, <64, 1, 64, 3>
+  // fits four CTAs per SM (4 x (56 + 1 reserved) KB = 228 KB) instead of three.
+  static constexpr int kSmemBytes = kQBytes + STAGES * kStageBytes + (ALIGNED ? 0 : 1024);
   // Several CTAs per SM where registers allow it (128 per thread at 2 x 256 or 4 x 128 threads).
   static constexpr int kMinBlocks = D == 64 && BN == 64 ? 4 / WG : (WG == 1 ? 2 : 1);
 };
@@ -415,17 +418,25 @@ __device__ __forceinline__ bool leading_observer_cta(const Params& p, const Obse
   return false;
 }
 
-template <int D, int WG, int BN, int STAGES, class Stats>
-__global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES>::kMinBlocks))
+template <int D, int WG, int BN, int STAGES, class Stats, bool ALIGNED = false>
+__global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES, ALIGNED>::kMinBlocks))
     fused_attention_wgmma_kernel(const Params p, const ObserverSet obs) {
 #if VARKV_WGMMA_DEVICE
-  using C = Config<D, WG, BN, STAGES>;
+  using C = Config<D, WG, BN, STAGES, ALIGNED>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* const smem = align_smem_1024(smem_raw);
-  if (leading_observer_cta<D, Stats, 4 * WG>(p, obs, smem)) return;
+  if (leading_observer_cta<D, Stats, 4 * WG>(p, obs, smem)) return;  // their size keeps the slack
   const int item = static_cast<int>(blockIdx.x) - p.obs_blocks;
   const int row = item / p.q_tiles, q0 = (item % p.q_tiles) * C::kRows;
   const RowOperands ro(p, row);
+  if constexpr (ALIGNED) {
+    // The host measured the window aligned on this device (the test DynamicSharedMemoryIsAligned
+    // holds it to that); were it not, the tiles would overrun the allocation: NaN rows instead.
+    if (smem != smem_raw) {
+      write_nan_rows<D>(p, ro.seq, ro.head, q0, C::kRows);
+      return;
+    }
+  }
   const int len = ro.len, nk = ro.nk;
   const int tiles = (nk + BN - 1) / BN;
 
@@ -547,6 +558,48 @@ inline bool wgmma_available() {
   return ok;
 }
 
+// Writes the shared-window address at which dynamic shared memory starts for a kernel without static
+// shared memory (as the wgmma kernels are).
+template <int Unused = 0>
+__global__ void dynamic_smem_base_kernel(unsigned* out) {
+  extern __shared__ __align__(16) unsigned char dyn[];
+  if (threadIdx.x == 0) *out = static_cast<unsigned>(__cvta_generic_to_shared(dyn));
+}
+
+//! Where dynamic shared memory starts in the shared window of a kernel without static shared memory
+//! on the current device (one one-thread launch on `stream`, then a synchronisation). -1 where the
+//! launch is not allowed now (the stream is capturing).
+inline long long measure_dynamic_smem_base(cudaStream_t stream) {
+  cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  VARKV_CUDA_CHECK(cudaStreamIsCapturing(stream, &cs));
+  if (cs != cudaStreamCaptureStatusNone) return -1;
+  unsigned* d = nullptr;
+  unsigned h = 0;
+  VARKV_CUDA_CHECK(cudaMalloc(&d, sizeof(unsigned)));
+  dynamic_smem_base_kernel<><<<1, 32, 1024, stream>>>(d);
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess) e = cudaMemcpyAsync(&h, d, sizeof(unsigned), cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  VARKV_CUDA_CHECK(cudaFree(d));
+  VARKV_CUDA_CHECK(e);
+  return h;
+}
+
+//! True when dynamic shared memory starts 1024-byte aligned on the current device (measured once per
+//! device, on the first call whose stream is not capturing; false until then, which only costs the
+//! unpadded layouts: the wgmma kernel keeps its alignment slack).
+inline bool dynamic_smem_1024_aligned(cudaStream_t stream) {
+  int dev = 0;
+  VARKV_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::atomic<int> known[64];  // 0 unknown, 1 no, 2 yes
+  if (dev < 0 || dev >= 64) return false;
+  if (const int k = known[dev].load(std::memory_order_relaxed)) return k == 2;
+  const long long base = measure_dynamic_smem_base(stream);
+  if (base < 0) return false;
+  known[dev].store(base % 1024 == 0 ? 2 : 1, std::memory_order_relaxed);
+  return base % 1024 == 0;
+}
+
 //! SMs of the current device (cached per device; the persistent grid's size).
 inline int device_sm_count() {
   int dev = 0;
@@ -573,11 +626,11 @@ void launch_row_tiles(Params p, const ObserverSet& obs, int rows, int threads, c
   VARKV_CUDA_CHECK_LAUNCH(name);
 }
 
-template <int D, int WG, int BN, int STAGES, class Stats>
+template <int D, int WG, int BN, int STAGES, class Stats, bool ALIGNED = false>
 void launch(Params p, const ObserverSet& obs, cudaStream_t stream) {
-  using C = Config<D, WG, BN, STAGES>;
+  using C = Config<D, WG, BN, STAGES, ALIGNED>;
   constexpr int smem = Stats::enabled ? std::max(C::kSmemBytes, kObserverSmemBytes<D, 4 * WG> + 1024) : C::kSmemBytes;
-  launch_row_tiles<fused_attention_wgmma_kernel<D, WG, BN, STAGES, Stats>, smem, Stats>(
+  launch_row_tiles<fused_attention_wgmma_kernel<D, WG, BN, STAGES, Stats, ALIGNED>, smem, Stats>(
       p, obs, C::kRows, C::kThreads, "fused_attention_wgmma_kernel", stream);
 }
 
