@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -660,11 +661,15 @@ TEST(FusedAttention, WgmmaKernelsRisingLogits) {
 
 // Host lengths that understate a device length: the resident kernel never writes past its tiles;
 // that row's outputs are NaN, the other row's are computed.
-TEST(FusedAttention, WarpgroupResidentKvDeviceLengthBeyondHostLengths) {
-  if (!fused_attention_has_warpgroup_kernel()) GTEST_SKIP() << "the resident-KV kernel needs an sm_90 GPU and an sm_90a build";
-  // 300 rows, every third one longer on the device than the host said: those come out NaN, the
-  // others exactly as the streaming kernel computes them.
-  const int S = 1, H = 300, nq = 100, d = 64, cap = 400, n_new = 100;
+namespace {
+
+// H rows of one sequence; every third is longer on the device (beyond_len) than host_lengths says
+// (host_beyond): with `tested` (host lengths given) those must come out NaN, outputs and LSE, and the
+// others as `reference` computes them (no host lengths: every row read whole).
+void expect_nan_beyond_host_lengths(int H, int nq, int cap, int n_new, int fit_lo, int fit_span, int beyond_len,
+                                    int host_beyond, const std::function<void(FusedAttentionArgs&)>& reference,
+                                    const std::function<void(FusedAttentionArgs&)>& tested) {
+  const int S = 1, d = 64;
   DeviceLayerCache<bf16> cache(S, H, d, cap);
   std::mt19937_64 rng(varkv::testing::fresh_seed());
   auto fill = [&](bf16* dst, std::size_t n) {
@@ -676,9 +681,9 @@ TEST(FusedAttention, WarpgroupResidentKvDeviceLengthBeyondHostLengths) {
   fill(cv.values.data(), cv.values.size());
   std::vector<std::int32_t> device_lengths(H), host_lengths(H);
   for (int r = 0; r < H; ++r) {
-    const bool beyond = r % 3 == 1;  // 300 + 100 new keys > 384
-    device_lengths[r] = beyond ? 300 : 10 + r % 50;
-    host_lengths[r] = beyond ? 10 : device_lengths[r];
+    const bool beyond = r % 3 == 1;
+    device_lengths[r] = beyond ? beyond_len : fit_lo + r % fit_span;
+    host_lengths[r] = beyond ? host_beyond : device_lengths[r];
   }
   VARKV_CUDA_CHECK(cudaMemcpy(cv.lengths, device_lengths.data(), H * 4, cudaMemcpyHostToDevice));
   DeviceBuffer<bf16> q(S * H * nq * d), k(S * H * n_new * d), v(S * H * n_new * d), o(S * H * nq * d),
@@ -693,51 +698,73 @@ TEST(FusedAttention, WarpgroupResidentKvDeviceLengthBeyondHostLengths) {
   a.new_k = make_view<4, const bf16>("k", k.data(), {S, H, n_new, d});
   a.new_v = make_view<4, const bf16>("v", v.data(), {S, H, n_new, d});
   a.softmax_scale = 0.125f;
-  // The streaming kernel computes every row (any length): the reference for the rows that fit.
   a.out = make_view<4>("o_ref", o_ref.data(), {S, H, nq, d});
   a.lse = make_view<3>("lse_ref", lse_ref.data(), {S, H, nq});
-  a.kernel = AttentionKernel::warpgroup_mma;
+  reference(a);
   fused_attention(a);
   const auto ref_o = o_ref.download();
   const auto ref_lse = lse_ref.download();
-  {
-    o.poison();
-    lse.poison();
-    a.out = make_view<4>("o", o.data(), {S, H, nq, d});
-    a.lse = make_view<3>("lse", lse.data(), {S, H, nq});
-    a.host_lengths = host_lengths;
-    a.kernel = AttentionKernel::warpgroup_resident_kv;
-    fused_attention(a);
-    VARKV_CUDA_CHECK(cudaDeviceSynchronize());
-    const auto got_o = o.download();
-    const auto got_lse = lse.download();
-    // Rows that fit: the same keys as the streaming kernel, another summation order; O is bf16 with
-    // |O| < ~1 here, so 2e-2 absolute covers two roundings and the fp32 reordering.
-    float worst = 0.f;
-    int nan_in_fit = 0, finite_in_beyond = 0;
-    for (int r = 0; r < H; ++r) {
-      const bool beyond = r % 3 == 1;
-      for (int i = 0; i < nq * d; ++i) {
-        const std::size_t e = static_cast<std::size_t>(r) * nq * d + i;
-        const float x = __bfloat162float(got_o[e]);
-        if (beyond) {
-          finite_in_beyond += !std::isnan(x);
-        } else if (!std::isfinite(x)) {
-          ++nan_in_fit;
-        } else {
-          worst = std::max(worst, std::abs(x - __bfloat162float(ref_o[e])));
-        }
-      }
-      for (int i = 0; i < nq; ++i) {
-        const std::size_t e = static_cast<std::size_t>(r) * nq + i;
-        if (beyond) EXPECT_TRUE(std::isnan(got_lse[e])) << "row " << r << " LSE " << i;
-        else EXPECT_NEAR(got_lse[e], ref_lse[e], 1e-3f) << "row " << r << " LSE " << i;
+  o.poison();
+  lse.poison();
+  a = FusedAttentionArgs{.q = a.q, .cache = a.cache, .new_k = a.new_k, .new_v = a.new_v, .softmax_scale = 0.125f};
+  a.out = make_view<4>("o", o.data(), {S, H, nq, d});
+  a.lse = make_view<3>("lse", lse.data(), {S, H, nq});
+  a.host_lengths = host_lengths;
+  tested(a);
+  fused_attention(a);
+  VARKV_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto got_o = o.download();
+  const auto got_lse = lse.download();
+  // Rows that fit: the same keys as the reference, another summation order; O is bf16 with |O| < ~1
+  // here, so 2e-2 absolute covers two roundings and the fp32 reordering.
+  float worst = 0.f;
+  int nan_in_fit = 0, finite_in_beyond = 0;
+  for (int r = 0; r < H; ++r) {
+    const bool beyond = r % 3 == 1;
+    for (int i = 0; i < nq * d; ++i) {
+      const std::size_t e = static_cast<std::size_t>(r) * nq * d + i;
+      const float x = __bfloat162float(got_o[e]);
+      if (beyond) {
+        finite_in_beyond += !std::isnan(x);
+      } else if (!std::isfinite(x)) {
+        ++nan_in_fit;
+      } else {
+        worst = std::max(worst, std::abs(x - __bfloat162float(ref_o[e])));
       }
     }
-    EXPECT_EQ(nan_in_fit, 0) << "rows whose keys fit must be computed";
-    EXPECT_EQ(finite_in_beyond, 0) << "rows with device length 300 + 100 new keys > 384 must be NaN";
-    EXPECT_LT(worst, 2e-2f) << "rows that fit differ from the streaming kernel";
+    for (int i = 0; i < nq; ++i) {
+      const std::size_t e = static_cast<std::size_t>(r) * nq + i;
+      if (beyond) EXPECT_TRUE(std::isnan(got_lse[e])) << "row " << r << " LSE " << i;
+      else EXPECT_NEAR(got_lse[e], ref_lse[e], 1e-3f) << "row " << r << " LSE " << i;
+    }
   }
+  EXPECT_EQ(nan_in_fit, 0) << "rows whose keys fit must be computed";
+  EXPECT_EQ(finite_in_beyond, 0) << "rows longer on the device than the host bound must be NaN";
+  EXPECT_LT(worst, 2e-2f) << "rows that fit differ from the reference kernel";
+}
+
+}  // namespace
+
+TEST(FusedAttention, WarpgroupResidentKvDeviceLengthBeyondHostLengths) {
+  if (!fused_attention_has_warpgroup_kernel()) GTEST_SKIP() << "the resident-KV kernel needs an sm_90 GPU and an sm_90a build";
+  // 300 rows of 100 queries; the long ones hold 300 + 100 new keys > 384 on the device.
+  expect_nan_beyond_host_lengths(
+      300, 100, 400, 100, 10, 50, 300, 10, [](FusedAttentionArgs& a) { a.kernel = AttentionKernel::warpgroup_mma; },
+      [](FusedAttentionArgs& a) { a.kernel = AttentionKernel::warpgroup_resident_kv; });
+}
+
+// The warp kernel's one-tile rows (no tile loop), sized by the host lengths: 2x2 with 16-key tiles
+// (long rows: 20 + 4 keys > 16; 3840 rows, VAR-d30 B=64's count) and 4x4 with 32-key tiles (30 + 16 >
+// 32); the reference, without host lengths, reads every row through the 16-key tile loop.
+TEST(FusedAttention, WarpKernelOneTileDeviceLengthBeyondHostLengths) {
+  expect_nan_beyond_host_lengths(
+      3840, 4, 24, 4, 0, 13, 20, 2,
+      [](FusedAttentionArgs& a) { a.kernel = AttentionKernel::warp_mma; a.rows_per_item = 16; a.key_tile = 16; },
+      [](FusedAttentionArgs& a) { a.kernel = AttentionKernel::warp_mma; a.rows_per_item = 16; a.key_tile = 16; });
+  expect_nan_beyond_host_lengths(
+      600, 16, 40, 16, 1, 16, 30, 5,
+      [](FusedAttentionArgs& a) { a.kernel = AttentionKernel::warp_mma; a.rows_per_item = 16; a.key_tile = 16; },
+      [](FusedAttentionArgs& a) { a.kernel = AttentionKernel::warp_mma; a.rows_per_item = 16; a.key_tile = 32; });
 }
 
 // The launcher refuses what the kernel cannot handle, naming the argument.

@@ -34,7 +34,10 @@
 //! holds MT m16 tiles); the G warps of an item share its K/V tiles in shared memory. Small maps
 //! (n_q <= 36) use G = 1, MT = 1: a CTA serves four 16-row items, with 32-key tiles, or at head dim
 //! 64 with 16-key tiles at six CTAs per SM where those pad the row less (fused_attention_warp_key_tile:
-//! latency-bound launches of thousands of short rows need fewer waves); larger maps use G = 4, and
+//! latency-bound launches of thousands of short rows need fewer waves); at head dim 64, rows whose
+//! keys fit one tile by the host's bound (`host_lengths`, else the capacity) run without the tile
+//! loop at nine (16 keys) or five (32) CTAs per SM, and a row longer on the device than that bound
+//! gets NaN outputs and no statistic; larger maps use G = 4, and
 //! MT = 2 (128 rows) where the padding allows, which reuses each K/V fragment for two m16 tiles.
 //! One launch covers the whole step.
 //!
@@ -131,6 +134,8 @@ struct FusedAttentionArgs {
   TensorView<float, 3> key_stat;            //!< [S, H, cap + n_new], contiguous (statistics only)
   //! Optional host copy of cache.lengths, checked against the capacity when given. Without it the
   //! kernel still never reads past a row: a row whose length is outside 0..cap gets NaN outputs.
+  //! Its maximum (else the capacity) sizes the kernels that hold a row's keys whole (the resident-KV
+  //! kernel; the warp kernel's one-tile rows): a row longer on the device gets NaN outputs there.
   std::span<const std::int32_t> host_lengths{};
   //! Query rows per work item: 0 picks by n_q (fused_attention_rows_per_item); 16, 32, 64 or 128 force
   //! one configuration (tuning, benchmarks, tests of every path).
@@ -388,10 +393,14 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
   const int rows_per_item = a.rows_per_item ? a.rows_per_item : fused_attention_rows_per_item(nq);
   if (d == 64) {
     if (rows_per_item == 16) {
-      if ((a.key_tile == 16 || a.key_tile == 32 ? a.key_tile : fused_attention_warp_key_tile(d, max_len + n_new)) == 16)
-        detail::fattn::launch<64, 1, 1, Stats, 16, 6>(p, a.observers, stream);
-      else
-        detail::fattn::launch<64, 1, 1, Stats>(p, a.observers, stream);
+      const std::int64_t keys = max_len + n_new;
+      const int tile = a.key_tile == 16 || a.key_tile == 32 ? a.key_tile : fused_attention_warp_key_tile(d, keys);
+      // Rows that fit one tile (the host's bound) skip the tile loop: fewer registers, more CTAs per
+      // SM (nine at 16 keys, five at 32: shared memory), one wave for VAR B=64's 3840 rows at 1x1.
+      if (tile == 16 && keys <= 16) detail::fattn::launch<64, 1, 1, Stats, 16, 9, true>(p, a.observers, stream);
+      else if (tile == 16) detail::fattn::launch<64, 1, 1, Stats, 16, 6>(p, a.observers, stream);
+      else if (keys <= 32) detail::fattn::launch<64, 1, 1, Stats, 32, 5, true>(p, a.observers, stream);
+      else detail::fattn::launch<64, 1, 1, Stats>(p, a.observers, stream);
     }
     else if (rows_per_item == 32) detail::fattn::launch<64, 1, 2, Stats>(p, a.observers, stream);
     else if (rows_per_item == 64) detail::fattn::launch<64, 4, 1, Stats>(p, a.observers, stream);

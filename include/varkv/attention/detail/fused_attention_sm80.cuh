@@ -13,8 +13,10 @@
 namespace varkv::detail::fattn {
 
 // BN: keys per tile (0: by D, G, MT); MINB: CTAs per SM that __launch_bounds__ asks registers for
-// (above 4, Q is re-read from shared memory instead of held in registers).
-template <int D, int G, int MT, int BN = 0, int MINB = 1>
+// (above 4, Q is re-read from shared memory instead of held in registers); ONE: every row's keys fit
+// one tile (the host's bound), so no tile loop and no prefetch state: 56 registers at 16 keys, nine
+// CTAs per SM. A row longer on the device than that bound gets NaN outputs and no statistic.
+template <int D, int G, int MT, int BN = 0, int MINB = 1, bool ONE = false>
 struct Config {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
@@ -42,9 +44,9 @@ __device__ __forceinline__ void group_sync(int group) {
 
 // kListed: the observers are a list, handled by the leading observer CTAs; the work items then run
 // exactly the NoStats path. Otherwise (every query observes) the work items accumulate the statistic.
-template <int D, int G, int MT, int BN, int MINB, class Stats, bool kListed>
+template <int D, int G, int MT, int BN, int MINB, bool ONE, class Stats, bool kListed>
 __global__ void __launch_bounds__(128, MINB) fused_attention_kernel(const Params p, const ObserverSet obs) {
-  using C = Config<D, G, MT, BN, MINB>;
+  using C = Config<D, G, MT, BN, MINB, ONE>;
   constexpr bool kItemLogits = Stats::logits && !kListed, kItemProbs = Stats::probabilities && !kListed;
   constexpr int N = C::kBlockN, NT = N / 8, DT = D / 8, KS = D / 16;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -66,8 +68,8 @@ __global__ void __launch_bounds__(128, MINB) fused_attention_kernel(const Params
   const int row = item / p.q_tiles, q0 = (item % p.q_tiles) * C::kRows;
   const RowOperands ro(p, row);
   const int seq = ro.seq, head = ro.head, len = ro.len, nk = ro.nk;
-  const bool bad_len = ro.bad_len;
-  const int tiles = (nk + N - 1) / N;
+  const bool bad_len = ro.bad_len || (ONE && nk > N);
+  const int tiles = ONE ? 1 : (nk + N - 1) / N;
 
   const bf16 *qb = ro.q, *ckb = ro.ck, *cvb = ro.cv, *nkb = ro.nk_base, *nvb = ro.nv_base;
 
@@ -171,12 +173,12 @@ __global__ void __launch_bounds__(128, MINB) fused_attention_kernel(const Params
     float s[MT][NT][4];
     qk(s, sK, t == 0);
     group_sync<G>(group);  // every warp is done with K tile t
-    const bool more = t + 1 < tiles;
+    const bool more = !ONE && t + 1 < tiles;
     if (more) load_kv(sK, ckb, p.ck_s[2], nkb, p.nk_s[2], t + 1);
     cp_commit();
 
     if constexpr (kItemLogits) {
-      if (warp_obs) add_observer_columns(s, t, [&](float x, int, int) { return x * p.scale; });
+      if (warp_obs && !bad_len) add_observer_columns(s, t, [&](float x, int, int) { return x * p.scale; });
     }
 
     // Online softmax in the log2 domain.
@@ -304,10 +306,10 @@ __global__ void __launch_bounds__(128, MINB) fused_attention_kernel(const Params
   }
 }
 
-template <int D, int G, int MT, int BN, int MINB, class Stats, bool kListed>
+template <int D, int G, int MT, int BN, int MINB, bool ONE, class Stats, bool kListed>
 void launch_kernel(Params p, const ObserverSet& obs, cudaStream_t stream) {
-  using C = Config<D, G, MT, BN, MINB>;
-  constexpr auto kernel = fused_attention_kernel<D, G, MT, BN, MINB, Stats, kListed>;
+  using C = Config<D, G, MT, BN, MINB, ONE>;
+  constexpr auto kernel = fused_attention_kernel<D, G, MT, BN, MINB, ONE, Stats, kListed>;
   constexpr int smem = kListed ? std::max(C::kSmemBytes, kObserverSmemBytes<D>) : C::kSmemBytes;
   raise_dynamic_smem_once<kernel, smem>();
   p.q_tiles = (p.nq + C::kRows - 1) / C::kRows;
@@ -318,12 +320,12 @@ void launch_kernel(Params p, const ObserverSet& obs, cudaStream_t stream) {
   VARKV_CUDA_CHECK_LAUNCH("fused_attention_kernel");
 }
 
-template <int D, int G, int MT, class Stats, int BN = 0, int MINB = 1>
+template <int D, int G, int MT, class Stats, int BN = 0, int MINB = 1, bool ONE = false>
 void launch(const Params& p, const ObserverSet& obs, cudaStream_t stream) {
   if constexpr (Stats::enabled) {
-    if (!obs.all) return launch_kernel<D, G, MT, BN, MINB, Stats, true>(p, obs, stream);
+    if (!obs.all) return launch_kernel<D, G, MT, BN, MINB, ONE, Stats, true>(p, obs, stream);
   }
-  launch_kernel<D, G, MT, BN, MINB, Stats, false>(p, obs, stream);
+  launch_kernel<D, G, MT, BN, MINB, ONE, Stats, false>(p, obs, stream);
 }
 
 }  // namespace varkv::detail::fattn
