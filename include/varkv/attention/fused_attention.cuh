@@ -37,7 +37,7 @@
 //! latency-bound launches of thousands of short rows need fewer waves); at head dim 64, rows whose
 //! keys fit one tile by the host's bound (`host_lengths`, else the capacity) run without the tile
 //! loop at nine (16 keys) or five (32) CTAs per SM, and a row longer on the device than that bound
-//! gets NaN outputs and no statistic; larger maps use G = 4, and
+//! gets NaN outputs (and no every-query statistic); larger maps use G = 4, and
 //! MT = 2 (128 rows) where the padding allows, which reuses each K/V fragment for two m16 tiles.
 //! One launch covers the whole step.
 //!

@@ -15,7 +15,8 @@ namespace varkv::detail::fattn {
 // BN: keys per tile (0: by D, G, MT); MINB: CTAs per SM that __launch_bounds__ asks registers for
 // (above 4, Q is re-read from shared memory instead of held in registers); ONE: every row's keys fit
 // one tile (the host's bound), so no tile loop and no prefetch state: 55 registers at 16 keys, nine
-// CTAs per SM. A row longer on the device than that bound gets NaN outputs and no statistic.
+// CTAs per SM. A row longer on the device than that bound gets NaN outputs (and no every-query
+// statistic; listed observers' CTAs read the whole row).
 template <int D, int G, int MT, int BN = 0, int MINB = 1, bool ONE = false>
 struct Config {
   static constexpr int kWarps = 4;

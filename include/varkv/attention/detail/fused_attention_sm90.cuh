@@ -573,14 +573,22 @@ inline long long measure_dynamic_smem_base(cudaStream_t stream) {
   cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
   VARKV_CUDA_CHECK(cudaStreamIsCapturing(stream, &cs));
   if (cs != cudaStreamCaptureStatusNone) return -1;
+  // Relaxed for this thread: another thread's global-mode capture would otherwise forbid (and be
+  // invalidated by) the allocation and the synchronisation below.
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  VARKV_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
   unsigned* d = nullptr;
   unsigned h = 0;
-  VARKV_CUDA_CHECK(cudaMalloc(&d, sizeof(unsigned)));
-  dynamic_smem_base_kernel<><<<1, 32, 1024, stream>>>(d);
-  cudaError_t e = cudaGetLastError();
-  if (e == cudaSuccess) e = cudaMemcpyAsync(&h, d, sizeof(unsigned), cudaMemcpyDeviceToHost, stream);
-  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
-  VARKV_CUDA_CHECK(cudaFree(d));
+  cudaError_t e = cudaMalloc(&d, sizeof(unsigned));
+  if (e == cudaSuccess) {
+    dynamic_smem_base_kernel<><<<1, 32, 1024, stream>>>(d);
+    e = cudaGetLastError();
+    if (e == cudaSuccess) e = cudaMemcpyAsync(&h, d, sizeof(unsigned), cudaMemcpyDeviceToHost, stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+    const cudaError_t f = cudaFree(d);
+    if (e == cudaSuccess) e = f;
+  }
+  VARKV_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
   VARKV_CUDA_CHECK(e);
   return h;
 }
