@@ -317,6 +317,43 @@ void run_all(const std::vector<Case>& cases) {
               cases.size(), worst.o, worst.lse, worst.stat);
 }
 
+// One random scale step in device memory: a [S, H, cap] cache (its lengths set by the caller), the
+// queries and the step's own keys/values, all N(0, 1) in bf16 from a fresh seed.
+struct RandomStep {
+  int S, H, nq, d, cap, n_new;
+  DeviceLayerCache<bf16> cache;
+  DeviceBuffer<bf16> q, k, v;
+  // q_slack: elements past the queries (room for misaligned or strided views of q).
+  RandomStep(int S_, int H_, int nq_, int d_, int cap_, int n_new_, int q_slack = 0)
+      : S(S_), H(H_), nq(nq_), d(d_), cap(cap_), n_new(n_new_), cache(S, H, d, cap), q(S * H * nq * d + q_slack),
+        k(S * H * n_new * d), v(S * H * n_new * d) {
+    std::mt19937_64 rng(varkv::testing::fresh_seed());
+    auto fill = [&](bf16* dst, std::size_t n) {
+      const auto r = to_bf16(varkv::testing::random_normal(n, rng, 1.0f));
+      VARKV_CUDA_CHECK(cudaMemcpy(dst, r.data(), n * sizeof(bf16), cudaMemcpyHostToDevice));
+    };
+    const auto cv = cache.view();
+    fill(cv.keys.data(), cv.keys.size());
+    fill(cv.values.data(), cv.values.size());
+    fill(q.data(), q.size());
+    fill(k.data(), k.size());
+    fill(v.data(), v.size());
+  }
+  void set_device_lengths(const std::vector<std::int32_t>& lengths) {
+    VARKV_CUDA_CHECK(cudaMemcpy(cache.view().lengths, lengths.data(), lengths.size() * 4, cudaMemcpyHostToDevice));
+  }
+  // q, cache, new K/V and softmax scale 1/8; the caller adds outputs and choices.
+  FusedAttentionArgs args() {
+    FusedAttentionArgs a;
+    a.q = make_view<4, const bf16>("q", q.data(), {S, H, nq, d});
+    a.cache = cache.view();
+    a.new_k = make_view<4, const bf16>("k", k.data(), {S, H, n_new, d});
+    a.new_v = make_view<4, const bf16>("v", v.data(), {S, H, n_new, d});
+    a.softmax_scale = 0.125f;
+    return a;
+  }
+};
+
 constexpr double kBudgets[] = {0.0, 0.05, 0.10, 1.0};
 constexpr StatKind kStats[] = {StatKind::none, StatKind::probability_mass, StatKind::logit_sum};
 
@@ -407,6 +444,44 @@ TEST(FusedAttention, DynamicSharedMemoryIsAligned) {
   ASSERT_GE(base, 0);
   EXPECT_EQ(base % 1024, 0) << "dynamic shared memory starts at shared address " << base;
   EXPECT_TRUE(detail::fattn::sm90::dynamic_smem_1024_aligned(nullptr));
+}
+
+// The padded four-stage layout of the one-warpgroup wgmma kernel at head dim 64 (what runs before
+// the alignment probe, inside a first capture, or on a device whose window is unaligned) against the
+// unpadded three-stage one that `automatic` takes where the probe allows: the same tiles in the same
+// order through the same code, so O and the LSE agree bit for bit. 8x8 queries over ragged rows of
+// up to 364 keys: six key tiles, so both rings wrap.
+TEST(FusedAttention, WgmmaPaddedLayoutMatchesUnpadded) {
+  if (!fused_attention_has_warpgroup_kernel() || !detail::fattn::sm90::dynamic_smem_1024_aligned(nullptr))
+    GTEST_SKIP() << "needs an sm_90 GPU, an sm_90a build and an aligned dynamic shared-memory window";
+  const int S = 2, H = 3, nq = 64, d = 64;
+  RandomStep step(S, H, nq, d, 300, 64);
+  const std::vector<std::int32_t> lengths{0, 9, 64, 65, 191, 300};
+  step.set_device_lengths(lengths);
+  DeviceBuffer<bf16> o1(S * H * nq * d), o2(S * H * nq * d);
+  DeviceBuffer<float> lse1(S * H * nq), lse2(S * H * nq);
+  auto a = step.args();
+  a.host_lengths = lengths;
+  a.kernel = AttentionKernel::warpgroup_mma;
+  a.rows_per_item = 64;
+  o1.poison();
+  lse1.poison();
+  a.out = make_view<4>("o1", o1.data(), {S, H, nq, d});
+  a.lse = make_view<3>("lse1", lse1.data(), {S, H, nq});
+  fused_attention(a);  // the unpadded three-stage layout
+  o2.poison();
+  lse2.poison();
+  a.out = make_view<4>("o2", o2.data(), {S, H, nq, d});
+  a.lse = make_view<3>("lse2", lse2.data(), {S, H, nq});
+  detail::fattn::sm90::launch<64, 1, 64, 4, NoStats>(detail::fattn::make_params(a, false), ObserverSet{}, nullptr);
+  VARKV_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto a_o = o1.download(), b_o = o2.download();
+  const auto a_l = lse1.download(), b_l = lse2.download();
+  EXPECT_EQ(std::memcmp(a_o.data(), b_o.data(), a_o.size() * sizeof(bf16)), 0) << "O differs between the layouts";
+  EXPECT_EQ(std::memcmp(a_l.data(), b_l.data(), a_l.size() * sizeof(float)), 0) << "LSE differs between the layouts";
+  int finite = 0;
+  for (float x : a_l) finite += std::isfinite(x);
+  EXPECT_EQ(finite, S * H * nq) << "every row has keys: every LSE is finite";
 }
 
 // The warp kernel's 16-row items with both key tiles (16: six CTAs per SM, Q re-read from shared
@@ -670,34 +745,17 @@ void expect_nan_beyond_host_lengths(int H, int nq, int cap, int n_new, int fit_l
                                     int host_beyond, const std::function<void(FusedAttentionArgs&)>& reference,
                                     const std::function<void(FusedAttentionArgs&)>& tested) {
   const int S = 1, d = 64;
-  DeviceLayerCache<bf16> cache(S, H, d, cap);
-  std::mt19937_64 rng(varkv::testing::fresh_seed());
-  auto fill = [&](bf16* dst, std::size_t n) {
-    const auto v = to_bf16(varkv::testing::random_normal(n, rng, 1.0f));
-    VARKV_CUDA_CHECK(cudaMemcpy(dst, v.data(), n * sizeof(bf16), cudaMemcpyHostToDevice));
-  };
-  const auto cv = cache.view();
-  fill(cv.keys.data(), cv.keys.size());
-  fill(cv.values.data(), cv.values.size());
+  RandomStep step(S, H, nq, d, cap, n_new);
   std::vector<std::int32_t> device_lengths(H), host_lengths(H);
   for (int r = 0; r < H; ++r) {
     const bool beyond = r % 3 == 1;
     device_lengths[r] = beyond ? beyond_len : fit_lo + r % fit_span;
     host_lengths[r] = beyond ? host_beyond : device_lengths[r];
   }
-  VARKV_CUDA_CHECK(cudaMemcpy(cv.lengths, device_lengths.data(), H * 4, cudaMemcpyHostToDevice));
-  DeviceBuffer<bf16> q(S * H * nq * d), k(S * H * n_new * d), v(S * H * n_new * d), o(S * H * nq * d),
-      o_ref(S * H * nq * d);
+  step.set_device_lengths(device_lengths);
+  DeviceBuffer<bf16> o(S * H * nq * d), o_ref(S * H * nq * d);
   DeviceBuffer<float> lse(S * H * nq), lse_ref(S * H * nq);
-  fill(q.data(), q.size());
-  fill(k.data(), k.size());
-  fill(v.data(), v.size());
-  FusedAttentionArgs a;
-  a.q = make_view<4, const bf16>("q", q.data(), {S, H, nq, d});
-  a.cache = cv;
-  a.new_k = make_view<4, const bf16>("k", k.data(), {S, H, n_new, d});
-  a.new_v = make_view<4, const bf16>("v", v.data(), {S, H, n_new, d});
-  a.softmax_scale = 0.125f;
+  auto a = step.args();
   a.out = make_view<4>("o_ref", o_ref.data(), {S, H, nq, d});
   a.lse = make_view<3>("lse_ref", lse_ref.data(), {S, H, nq});
   reference(a);
@@ -706,7 +764,7 @@ void expect_nan_beyond_host_lengths(int H, int nq, int cap, int n_new, int fit_l
   const auto ref_lse = lse_ref.download();
   o.poison();
   lse.poison();
-  a = FusedAttentionArgs{.q = a.q, .cache = a.cache, .new_k = a.new_k, .new_v = a.new_v, .softmax_scale = 0.125f};
+  a = step.args();
   a.out = make_view<4>("o", o.data(), {S, H, nq, d});
   a.lse = make_view<3>("lse", lse.data(), {S, H, nq});
   a.host_lengths = host_lengths;
@@ -770,17 +828,13 @@ TEST(FusedAttention, WarpKernelOneTileDeviceLengthBeyondHostLengths) {
 // The launcher refuses what the kernel cannot handle, naming the argument.
 TEST(FusedAttention, LauncherRejectsBadArguments) {
   const int S = 2, H = 2, nq = 4, d = 64, cap = 8, n_new = 4;
-  DeviceLayerCache<bf16> cache(S, H, d, cap);
-  DeviceBuffer<bf16> q(S * H * nq * d + 8), k(S * H * n_new * d), v(S * H * n_new * d), o(S * H * nq * d);
+  RandomStep step(S, H, nq, d, cap, n_new, 8);
+  auto &q = step.q, &v = step.v;
+  DeviceBuffer<bf16> o(S * H * nq * d);
   DeviceBuffer<float> lse(S * H * nq), stat(S * H * (cap + n_new));
   std::vector<std::int32_t> lens(S * H, 3);
   auto good = [&] {
-    FusedAttentionArgs a;
-    a.q = make_view<4, const bf16>("q", q.data(), {S, H, nq, d});
-    a.cache = cache.view();
-    a.new_k = make_view<4, const bf16>("k", k.data(), {S, H, n_new, d});
-    a.new_v = make_view<4, const bf16>("v", v.data(), {S, H, n_new, d});
-    a.softmax_scale = 0.125f;
+    FusedAttentionArgs a = step.args();
     a.out = make_view<4>("o", o.data(), {S, H, nq, d});
     a.lse = make_view<3>("lse", lse.data(), {S, H, nq});
     a.host_lengths = lens;

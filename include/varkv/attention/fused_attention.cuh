@@ -149,6 +149,31 @@ struct FusedAttentionArgs {
   int key_tile = 0;
 };
 
+namespace detail::fattn {
+// Launch parameters of a validated call (`with_stat`: the statistic's output too; the caller zeroes
+// it). Shared by the launcher and the tests that run one kernel configuration directly.
+inline Params make_params(const FusedAttentionArgs& a, bool with_stat) {
+  Params p{};
+  p.q = a.q.data(); fill_strides(p.q_s, a.q);
+  p.ck = a.cache.keys.data(); fill_strides(p.ck_s, a.cache.keys);
+  p.cv = a.cache.values.data(); fill_strides(p.cv_s, a.cache.values);
+  p.len = a.cache.lengths;
+  p.nk = a.new_k.data(); fill_strides(p.nk_s, a.new_k);
+  p.nv = a.new_v.data(); fill_strides(p.nv_s, a.new_v);
+  p.o = a.out.data(); fill_strides(p.o_s, a.out);
+  p.lse = a.lse.data(); fill_strides(p.lse_s, a.lse);
+  p.S = static_cast<int>(a.q.shape(0)); p.H = static_cast<int>(a.q.shape(1)); p.nq = static_cast<int>(a.q.shape(2));
+  p.cap = static_cast<int>(a.cache.keys.shape(2)); p.n_new = static_cast<int>(a.new_k.shape(2));
+  p.scale = a.softmax_scale;
+  p.scale_log2 = a.softmax_scale * 1.4426950408889634f;
+  if (with_stat) {
+    p.key_stat = a.key_stat.data();
+    fill_strides(p.ks_s, a.key_stat);
+  }
+  return p;
+}
+}  // namespace detail::fattn
+
 //! True when the warpgroup (wgmma) kernel can run on the current device: an sm_90 GPU and a binary
 //! compiled for sm_90a. Cached per device; launches nothing.
 inline bool fused_attention_has_warpgroup_kernel() { return detail::fattn::sm90::wgmma_available(); }
@@ -317,24 +342,9 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
   }
   if (nq == 0) return;
 
-  detail::fattn::Params p{};
-  p.q = a.q.data(); detail::fattn::fill_strides(p.q_s, a.q);
-  p.ck = a.cache.keys.data(); detail::fattn::fill_strides(p.ck_s, a.cache.keys);
-  p.cv = a.cache.values.data(); detail::fattn::fill_strides(p.cv_s, a.cache.values);
-  p.len = a.cache.lengths;
-  p.nk = a.new_k.data(); detail::fattn::fill_strides(p.nk_s, a.new_k);
-  p.nv = a.new_v.data(); detail::fattn::fill_strides(p.nv_s, a.new_v);
-  p.o = a.out.data(); detail::fattn::fill_strides(p.o_s, a.out);
-  p.lse = a.lse.data(); detail::fattn::fill_strides(p.lse_s, a.lse);
-  p.S = static_cast<int>(S); p.H = static_cast<int>(H); p.nq = static_cast<int>(nq);
-  p.cap = static_cast<int>(cap); p.n_new = static_cast<int>(n_new);
-  p.scale = a.softmax_scale;
-  p.scale_log2 = a.softmax_scale * 1.4426950408889634f;
-  if constexpr (Stats::enabled) {
-    p.key_stat = a.key_stat.data();
-    detail::fattn::fill_strides(p.ks_s, a.key_stat);
+  detail::fattn::Params p = detail::fattn::make_params(a, Stats::enabled);
+  if constexpr (Stats::enabled)
     VARKV_CUDA_CHECK(cudaMemsetAsync(a.key_stat.data(), 0, a.key_stat.size() * sizeof(float), stream));
-  }
   // The persistent kernel where the resident one cannot hold the keys (VAR's full cache at 13x13 and
   // 16x16): three or four query tiles per row and at least two rows per SM to overlap (VAR-d30 B=64
   // 16x16 full 528 vs 583 us on the streaming kernel, 13x13 287 vs 357; worse below three tiles or
