@@ -183,6 +183,30 @@ void BM_attention(benchmark::State& state, ModelGeometry geo, std::string sched_
   state.counters["n_k"] = nk;
 }
 
+// The launch floor beside the attention launches: an empty kernel taking the fused kernels'
+// parameter block (Params + ObserverSet), one CTA, launched bare. Its us_host is what the driver alone
+// costs per launch (the attention launches' us_host minus it: the launcher's own validation), its
+// us_median a single event-timed launch that does nothing.
+__global__ void empty_kernel(const detail::fattn::Params, const ObserverSet) {}
+
+void BM_launch_floor(benchmark::State& state) {
+  const detail::fattn::Params p{};
+  const ObserverSet obs{};
+  Timing t{};
+  for (auto _ : state) {
+    t = time_launches([&](cudaStream_t st) {
+      empty_kernel<<<1, 32, 0, st>>>(p, obs);
+      VARKV_CUDA_CHECK_LAUNCH("empty_kernel");
+    });
+    state.SetIterationTime(t.median_us * 1e-6);
+  }
+  state.counters["us_median"] = t.median_us;
+  state.counters["us_b2b"] = t.b2b_us;
+  state.counters["us_graph"] = t.graph_us;
+  state.counters["us_host"] = t.host_us;
+  state.counters["param_bytes"] = sizeof(p) + sizeof(obs);
+}
+
 // Selection + compaction of one layer after a scale step: budget = 10% of the full candidates.
 void BM_select_compact(benchmark::State& state, ModelGeometry geo, std::string sched_name, int images, int scale,
                        double cache_fraction) {
@@ -463,6 +487,8 @@ void register_all() {
                                  geometries::var_d30(), var, 64, 9, frac)
         ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
   }
+  benchmark::RegisterBenchmark("launch/empty-kernel", BM_launch_floor)
+      ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
   // A whole device-cache step (attend + commit) of one layer at the last VAR-256 scale.
   benchmark::RegisterBenchmark("step/var-d30/B64/scale09/full", BM_cache_step<presets::Full>, geometries::var_d30(), var,
                                64, 9, presets::Full{})

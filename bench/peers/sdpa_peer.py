@@ -227,6 +227,11 @@ def summarize(peer, ours_path):
         print(f"  the same inside CUDA graphs (host launch removed on both sides): varkv 10% {g10:.1f} us; best SDPA "
               f"full {gfull:.1f} us -> {gfull / g10:.2f}x; best SDPA 10% pre-compacted {gcomp:.1f} us -> "
               f"{gcomp / g10:.2f}x; varkv graph vs SDPA single calls {pfull / g10:.2f}x")
+    floor = ours.get("launch/empty-kernel")
+    if floor:
+        print(f"launch floor (empty kernel, the same {floor.get('param_bytes', 0):.0f}-byte parameter block): "
+              f"us_host {floor['us_host']:.2f}, single launch {floor['us_median']:.1f} us, in a graph "
+              f"{floor['us_graph']:.2f} us; x10 launches = {10 * floor['us_median']:.0f} us of any eager 10-scale sum")
     # The library's own choice only (attn/MODEL/BN/scaleSS/BUDGET: no forced kernel, no statistic),
     # per batch size: at B=64 the 5x5 and 6x6 steps move 30-125 MB, over 12 us at any copy rate.
     for field in ("us_median", "us_b2b", "us_graph"):

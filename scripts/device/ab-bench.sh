@@ -2,8 +2,8 @@
 # On the GPU machine (device tool): A/B(/C...) of varkv_bench_gpu_attention binaries in one call, so
 # that kernel variants are compared on the same GPU, side by side.
 #   bash scripts/device/ab-bench.sh 'BENCH_FILTER' ROUNDS BIN [BIN ...]
-# Each round runs every binary in turn on the filter; per benchmark it prints us_graph and us_median
-# ("us_graph=... us_median=... NAME" lines under "== BIN round R" headers), after each binary's
+# Each round runs every binary in turn on the filter; per benchmark it prints us_graph, us_host and us_median
+# ("us_graph=... us_host=... us_median=... NAME" lines under "== BIN round R" headers), after each binary's
 # register / stack use per fused-attention kernel (cuobjdump). Compare the minimum over rounds; put
 # one binary first and last to see whether position in a round matters. Binaries from a development
 # machine (e.g. copies of build/bench/varkv_bench_gpu_attention, one per variant) travel in a
@@ -26,6 +26,6 @@ for r in $(seq 1 "$rounds"); do
   for b in "$@"; do
     echo "== $b round $r"
     "$b" --benchmark_filter="$filter" 2>&1 | grep -E "^attn|^select|^step" |
-      awk '{ for (i = 1; i <= NF; i++) if ($i ~ /us_(median|graph)/) printf "%s ", $i; print $1 }'
+      awk '{ for (i = 1; i <= NF; i++) if ($i ~ /us_(median|graph|host)/) printf "%s ", $i; print $1 }'
   done
 done

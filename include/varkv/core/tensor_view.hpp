@@ -125,17 +125,18 @@ TensorView<T, Rank> make_view(std::string_view name, T* data, const std::array<s
                               std::int64_t capacity = -1) {
   std::int64_t extent = 1;  // one past the largest offset reached
   bool empty = false;
+  // The messages' shapes are formatted only on failure: views are made on every launch path.
   for (int i = 0; i < Rank; ++i) {
-    require(shape[i] >= 0, "tensor '{}': extent {} of shape {} is negative", name, i, format_shape(shape));
-    require(strides[i] >= 0, "tensor '{}': stride {} of strides {} is negative", name, i, format_shape(strides));
+    if (shape[i] < 0) fail("tensor '{}': extent {} of shape {} is negative", name, i, format_shape(shape));
+    if (strides[i] < 0) fail("tensor '{}': stride {} of strides {} is negative", name, i, format_shape(strides));
     if (shape[i] == 0) empty = true;
     else extent += (shape[i] - 1) * strides[i];
   }
   if (empty) return {data, shape, strides};
-  require(data != nullptr, "tensor '{}': null data for non-empty shape {}", name, format_shape(shape));
-  require(capacity < 0 || extent <= capacity,
-          "tensor '{}': shape {} with strides {} needs {} elements but its buffer holds {}", name,
-          format_shape(shape), format_shape(strides), extent, capacity);
+  if (data == nullptr) fail("tensor '{}': null data for non-empty shape {}", name, format_shape(shape));
+  if (capacity >= 0 && extent > capacity)
+    fail("tensor '{}': shape {} with strides {} needs {} elements but its buffer holds {}", name, format_shape(shape),
+         format_shape(strides), extent, capacity);
   return {data, shape, strides};
 }
 
@@ -159,9 +160,8 @@ void expect_shape(std::string_view name, const TensorView<T, Rank>& v, const std
 //! Throws unless the innermost dimension is unit-stride (kernels read rows as vectors).
 template <class T, int Rank>
 void expect_unit_inner_stride(std::string_view name, const TensorView<T, Rank>& v) {
-  require(v.shape(Rank - 1) <= 1 || v.stride(Rank - 1) == 1,
-          "tensor '{}': innermost stride must be 1, got {} (shape {})", name, v.stride(Rank - 1),
-          format_shape(v.shape()));
+  if (v.shape(Rank - 1) > 1 && v.stride(Rank - 1) != 1)  // formatted only on failure (every launch checks)
+    fail("tensor '{}': innermost stride must be 1, got {} (shape {})", name, v.stride(Rank - 1), format_shape(v.shape()));
 }
 
 }  // namespace varkv
