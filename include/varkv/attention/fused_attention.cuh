@@ -21,13 +21,15 @@
 //! one (detail/fused_attention_sm90_specialized.cuh: a producer warpgroup copies, two consumer
 //! warpgroups take turns on the tensor cores; 128-row query blocks, one persistent CTA per SM
 //! walking them: Infinity's head dim 128).
-//! `automatic` gives them every map of more than 36 queries (32 at head dim 128) whose statistic
-//! they support (none, or listed observers): at head dim 128 with more than 192 queries the
+//! `automatic` gives them every map whose statistic they support (none, or listed observers) at head
+//! dim 128, and at head dim 64 every map of more than 36 queries (16 where the launch has no more
+//! (sequence, head) rows than SMs): at head dim 128 with more than 192 queries the
 //! warp-specialised one (measured slower at Infinity's 12x12: 144 queries pad to two 128-row CTAs);
 //! at head dim 64 the resident one where the keys fit and the map has more than one 64-row tile, the
 //! persistent one for 129..256 queries over more keys at two or more rows per SM, else the
 //! streaming one. The warp kernel (detail/fused_attention_sm80.cuh: mma.sync m16n8k16) takes the
-//! rest: small maps, where its work packing matters, every-query statistics, and GPUs without wgmma.
+//! rest: small maps at head dim 64, where its work packing matters, every-query statistics, and GPUs
+//! without wgmma.
 //!
 //! \par Work packing (warp kernel)
 //! A CTA has 4 warps. A work item is 16 x MT x G query rows of one (sequence, head) row (each warp
@@ -94,8 +96,8 @@ using bf16 = __nv_bfloat16;
 
 //! Which kernel runs a fused attention launch.
 enum class AttentionKernel {
-  //! where a wgmma kernel can run and n_q > 36 (32 at head dim 128): at head dim 128 and n_q > 192
-  //! the warp-specialised one; the resident-KV one when n_q > 64 and its keys fit; the persistent one
+  //! where a wgmma kernel can run (and, at head dim 64, n_q > 36, or n_q > 16 where the rows S*H are
+  //! no more than the SMs): at head dim 128 and n_q > 192 the warp-specialised one; the resident-KV one when n_q > 64 and its keys fit; the persistent one
   //! (no statistic) for 129..256 queries whose keys do not fit, at two rows per SM or more; else the
   //! streaming one; otherwise the warp kernel
   automatic,
@@ -375,9 +377,15 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
     else detail::fattn::sm90::launch_specialized<128, 128, 3, Stats>(p, a.observers, stream);
     return;
   }
+  // Small maps: the warp kernel packs four rows per CTA, which pays where thousands of rows fill the
+  // GPU (VAR B=16/64); the one-warpgroup wgmma kernel's 64-row items are quicker per row, which is all
+  // that counts where the rows are fewer than the SMs (VAR B=1, 4x4..6x6: 4.0 / 6.1 / 7.7 -> 3.5 /
+  // 3.6 / 4.9 us in graphs) and at head dim 128 (Infinity B=1/4 1x1..4x4: 5.3-6.2 -> 4.0-5.0 us).
+  const std::int64_t warp_kernel_max_nq =
+      d == 128 ? 0 : (S * H <= detail::fattn::sm90::device_sm_count() ? 16 : 36);
   const bool warpgroup =
       a.kernel == AttentionKernel::warpgroup_mma ||
-      (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && nq > (d == 64 ? 36 : 32) && !every_query_stat &&
+      (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && nq > warp_kernel_max_nq && !every_query_stat &&
        detail::fattn::sm90::wgmma_available());
   if (warpgroup) {
     namespace sm90 = detail::fattn::sm90;
