@@ -180,7 +180,6 @@ inline Params make_params(const FusedAttentionArgs& a, bool with_stat) {
 //! compiled for sm_90a. Cached per device; launches nothing.
 inline bool fused_attention_has_warpgroup_kernel() { return detail::fattn::sm90::wgmma_available(); }
 
-
 //! Query rows per work item that `fused_attention` picks for n_q queries: 16 (one warp; a CTA packs
 //! four items) up to 36 queries (two or three items per (sequence, head) row: at VAR-d30 B=64, 5x5
 //! 31.3 vs 34.5 us with 32-row items, 6x6 full 67.0 vs 74.5 with 64-row ones), 64 (four warps of
@@ -204,10 +203,12 @@ inline int fused_attention_warpgroup_rows(std::int64_t n_q) {
 
 //! Keys per tile that the warp kernel's 16-row items (head dim 64) take for rows of up to `max_keys`
 //! keys (kept cache + n_new): 16 where that pads the row less than 32 does (max_keys mod 32 in 1..16:
-//! the one-tile rows of 1x1..3x3, VAR's 6x6 at 10%), else 32. The 16-key configuration runs six CTAs
-//! (24 warps) per SM instead of four, so a launch of thousands of short rows needs fewer waves
-//! (VAR-d30 B=64 x2 1x1: 10.5 -> 7.8 us, 6x6 at 10%: 45.3 -> 38.6 us in graphs); where both pad alike
-//! the 32-key tiles' fewer steps win (4x4 at 10%, 17 keys: 12.0 vs 13.0 us). Head dim 128: 32.
+//! the one-tile rows of 1x1..3x3, VAR's 6x6 at 10%), else 32. Over several tiles the 16-key
+//! configuration runs six CTAs (24 warps) per SM instead of four, so a launch of thousands of short
+//! rows needs fewer waves (VAR-d30 B=64 x2 6x6 at 10%: 45.3 -> 38.6 us in graphs); where both pad
+//! alike the 32-key tiles' fewer steps win (4x4 at 10%, 17 keys: 12.0 vs 13.0 us). Rows that fit one
+//! tile take the loop-free configurations of either size instead (nine / five CTAs per SM: 1x1 10.5
+//! -> 6.7 us). Head dim 128: 32 (the warp kernel there serves forced and every-query launches only).
 inline int fused_attention_warp_key_tile(std::int64_t d, std::int64_t max_keys) {
   return d == 64 && (max_keys + 15) / 16 * 16 < (max_keys + 31) / 32 * 32 ? 16 : 32;
 }
