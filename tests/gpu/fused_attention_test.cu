@@ -48,6 +48,7 @@ struct Case {
   int cap = 0;             // cache capacity (0: the full cache of the scale)
   int new_keys = 0;        // the scale's own keys (0: n_q, as in VAR)
   bool rising = false;     // keys scaled up along the row: the softmax max rises tile after tile
+  std::vector<int> lengths;  // kept lengths of the rows, cycled (empty: ragged around budget)
 };
 
 std::string name(const Case& c) {
@@ -65,7 +66,7 @@ std::string name(const Case& c) {
                                                                : "") +
          (c.key_tile ? " key-tile " + std::to_string(c.key_tile) : "") +
          (c.cap ? " cap " + std::to_string(c.cap) : "") + (c.new_keys ? " n_new " + std::to_string(c.new_keys) : "") +
-         (c.rising ? " rising-logits" : "");
+         (c.rising ? " rising-logits" : "") + (c.lengths.empty() ? "" : " listed lengths");
 }
 
 float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
@@ -110,6 +111,10 @@ Errors run_case(const Case& c, std::uint64_t seed) {
   std::uniform_int_distribution<int> jd(-jitter, jitter);
   for (auto& l : len) l = c.budget == 0.0 ? 0 : std::clamp(base + jd(rng), 0, cap);
   if (c.budget == 1.0 && !len.empty()) len[0] = cap;
+  for (std::size_t r = 0; !c.lengths.empty() && r < len.size(); ++r) {
+    len[r] = c.lengths[r % c.lengths.size()];
+    if (len[r] < 0 || len[r] > cap) ADD_FAILURE() << "test case: length " << len[r] << " outside 0.." << cap;
+  }
 
   const double scale = c.var_style ? 1.0 : 1.0 / std::sqrt(static_cast<double>(d));
   auto gen = [&](std::size_t n, float sd) { return varkv::testing::random_normal(n, rng, sd); };
@@ -731,6 +736,51 @@ TEST(FusedAttention, WgmmaKernelsRisingLogits) {
   add(Case{.schedule = "var-256", .scale = 8, .S = 8, .H = 36, .d = 64, .budget = 0.1, .stat = StatKind::probability_mass,
            .cap = 64},
       AttentionKernel::warpgroup_resident_kv);  // in-CTA statistic
+  run_all(cases);
+}
+
+// The last key tile of a row runs only as wide as its keys (16-key steps of a 64-key tile, 32-key steps
+// of a 128-key one): rows whose key counts end on both sides of every step boundary past whole tiles
+// (13x13: 169 new keys after 87 + r kept, 256 + r keys, r = 1, 15, 16, 17, ... 127, 128) and rows of
+// one tile (10x10's queries over 4 new keys after 0..55 kept: 4..59 keys). Every wgmma kernel (the
+// streaming one with 64- and 128-key tiles and with one warpgroup, the warp-specialised one, the
+// resident-KV one with its statistic split off and computed in-CTA, the persistent one with the ring
+// shifting row to row), both head dims where the kernel has them, with and without a statistic.
+TEST(FusedAttention, WgmmaLastTileWidths) {
+  if (!fused_attention_has_warpgroup_kernel()) GTEST_SKIP() << "the wgmma kernels need an sm_90 GPU and an sm_90a build";
+  std::vector<int> long_rows, one_tile_rows;
+  for (int r : {1, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 79, 80, 81, 95, 96, 97, 111, 112, 113, 127, 128})
+    long_rows.push_back(87 + r);
+  for (int keys : {4, 15, 16, 17, 31, 32, 33, 47, 48, 49, 59}) one_tile_rows.push_back(keys - 4);
+  const Case long_case{.schedule = "var-256", .scale = 8, .S = 2, .H = 12, .d = 64, .budget = 0.5};
+  const Case short_case{.schedule = "var-256", .scale = 7, .S = 1, .H = 11, .d = 64, .budget = 0.5, .new_keys = 4};
+  std::vector<Case> cases;
+  int i = 0;
+  // Both row sets through one configuration; `stat` < 0: a statistic in turn.
+  auto add = [&](Case c, int stat) {
+    c.var_style = (i % 2 == 1);
+    c.stat = stat < 0 ? kStats[i % 3] : static_cast<StatKind>(stat);
+    ++i;
+    for (bool one_tile : {false, true}) {
+      Case r = one_tile ? short_case : long_case;
+      r.S = c.S, r.d = c.d, r.stat = c.stat, r.var_style = c.var_style;
+      r.kernel = c.kernel, r.rows = c.rows, r.key_tile = c.key_tile;
+      r.lengths = one_tile ? one_tile_rows : long_rows;
+      cases.push_back(r);
+    }
+  };
+  for (int d : {64, 128}) {
+    for (int kt : {64, 128}) add(Case{.d = d, .kernel = AttentionKernel::warpgroup_mma, .key_tile = kt}, -1);
+    add(Case{.d = d, .rows = 64, .kernel = AttentionKernel::warpgroup_mma}, -1);
+    add(Case{.d = d, .kernel = AttentionKernel::warpgroup_specialized}, -1);
+  }
+  for (int st = 0; st < 3; ++st) {
+    add(Case{.kernel = AttentionKernel::warpgroup_resident_kv}, st);
+    // 288 rows: each CTA holds all of its row's query tiles and computes the statistic itself.
+    add(Case{.S = 24, .kernel = AttentionKernel::warpgroup_resident_kv}, st);
+  }
+  add(Case{.kernel = AttentionKernel::warpgroup_persistent}, 0);
+  add(Case{.S = 64, .kernel = AttentionKernel::warpgroup_persistent}, 0);  // ~12 rows per CTA
   run_all(cases);
 }
 

@@ -18,7 +18,9 @@
 //! the tensor cores still work on P_{t-1} V_{t-1} (FlashAttention-3's intra-warpgroup overlap).
 //! Since V_t is needed one iteration after K_t, iteration t loads K_{t+STAGES-1} and V_{t+STAGES-2}:
 //! both arrive STAGES - 1 iterations before their use, from the same shared memory as a ring of
-//! (K, V) pairs that would give K one iteration less.
+//! (K, V) pairs that would give K one iteration less. A row's last tile runs only as wide as its keys
+//! (`wgmma.m64n{16,32,48}k16` of a 64-key tile, n{32,64,96} of a 128-key one, and as many P V
+//! k-steps): VAR-d30's 10% steps end 3, 9 and 42 keys into a tile at 13x13, 8x8 and 16x16.
 //!
 //! \par Statistics
 //! `NoStats`, or a listed-observer statistic: the observer pass runs in leading CTAs of the same
@@ -34,6 +36,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "varkv/attention/detail/fused_attention_common.cuh"
 #include "varkv/core/cuda_check.cuh"
@@ -129,6 +132,46 @@ __device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const unsigned (&a
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
 }
 
+__device__ __forceinline__ void wgmma_ss_n16(float* d, std::uint64_t a, std::uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+__device__ __forceinline__ void wgmma_ss_n32(float* d, std::uint64_t a, std::uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+__device__ __forceinline__ void wgmma_ss_n48(float* d, std::uint64_t a, std::uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, %24, %25, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+__device__ __forceinline__ void wgmma_ss_n96(float* d, std::uint64_t a, std::uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, %48, %49, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+// S = Q K^T over the first N keys of a tile (N/2 accumulators from d): the last, partial tile of a row.
+template <int N>
+__device__ __forceinline__ void wgmma_ss_narrow(float* d, std::uint64_t a, std::uint64_t b, int accumulate) {
+  if constexpr (N == 16) wgmma_ss_n16(d, a, b, accumulate);
+  else if constexpr (N == 32) wgmma_ss_n32(d, a, b, accumulate);
+  else if constexpr (N == 48) wgmma_ss_n48(d, a, b, accumulate);
+  else if constexpr (N == 96) wgmma_ss_n96(d, a, b, accumulate);
+  else {
+    static_assert(N == 64, "a narrow tile of 16, 32, 48, 64 or 96 keys");
+    wgmma_ss_n64(*reinterpret_cast<float(*)[32]>(d), a, b, accumulate);
+  }
+}
 template <int N>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], std::uint64_t a, std::uint64_t b, int accumulate) {
   if constexpr (N == 64) wgmma_ss_n64(d, a, b, accumulate);
@@ -161,15 +204,15 @@ __device__ __forceinline__ std::uint64_t k_step(int kk) {
 __device__ __forceinline__ std::uint64_t v_step(int kk) { return static_cast<std::uint64_t>(kk * 16 * 64 >> 3); }
 
 //! One warpgroup's 64 query rows of one (sequence, head) row on their way through the row's key
-//! tiles: the S and O accumulators, the online-softmax state and P packed as the A operand of
-//! O += P V. Both warpgroup kernels run it; they differ only in where the tiles come from
-//! (`before_tile` waits for / issues their copies).
+//! tiles: the O accumulators, the online-softmax state and P packed as the A operand of O += P V
+//! (S lives only inside a step, sized by that tile's width). Every warpgroup kernel runs it; they
+//! differ only in where the tiles come from (`before_tile` / the hooks wait for or issue their copies).
 //!
 //! Accumulator element i of S: key column 8 (i / 4) + 2 tq + (i & 1), row g + 8 ((i >> 1) & 1) of
 //! the warp's 16 (g = lane / 4, tq = lane % 4).
 template <int D, int BN>
 struct WarpgroupRows {
-  float o[D / 2], s[BN / 2];
+  float o[D / 2];
   unsigned pa[BN / 16][4];
   float m[2], l[2];
 
@@ -200,46 +243,77 @@ struct WarpgroupRows {
                                                 VBuf v_buf, Hooks& hooks) {
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
     m[0] = m[1] = -INFINITY;
     l[0] = l[1] = 0.f;
+    // The last tile runs only as wide as its keys, rounded up to kTailStep (VAR-d30 10%: 13x13's 195
+    // keys are three tiles and 16 keys, not four tiles; 8x8's 73 one tile and 16 keys). Each width
+    // has its own straight-line copy of the last step, from its wgmma fence to its last wait: a
+    // branch between a wgmma and its wait makes ptxas serialise every wgmma of the kernel.
+    const int wc = tail_width_class(tiles, nk);
+    if (tiles == 1) {
+      with_tail_width(wc, [&](auto w) {
+        constexpr int W = decltype(w)::value;
+        first_step<W>(nk, scale_log2, tq, q_desc, k_buf, hooks);
+        last_pv<W>(tiles, v_buf, hooks);
+      });
+      return;
+    }
+    first_step<BN>(nk, scale_log2, tq, q_desc, k_buf, hooks);
+    for (int t = 1; t + 1 < tiles; ++t) step<BN>(t, nk, scale_log2, tq, q_desc, k_buf, v_buf, hooks);
+    with_tail_width(wc, [&](auto w) {
+      constexpr int W = decltype(w)::value;
+      step<W>(tiles - 1, nk, scale_log2, tq, q_desc, k_buf, v_buf, hooks);
+      last_pv<W>(tiles, v_buf, hooks);
+    });
+  }
+
+ private:
+  // Tile 0 (W keys wide): S_0, its softmax, P_0.
+  template <int W, class QDesc, class KBuf, class Hooks>
+  __device__ __forceinline__ void first_step(int nk, float scale_log2, int tq, QDesc q_desc, KBuf k_buf, Hooks& hooks) {
+    float s[W / 2];
     hooks.before_issue(0);
     wgmma_fence();
-    issue_qk(q_desc, k_buf(0));
+    issue_qk<W>(s, q_desc, k_buf(0));
     wgmma_commit();
     hooks.after_issue(0);
     wgmma_wait<0>();
     fence_regs(s);
     hooks.k_read(0);
-    {
-      float alpha[2];
-      softmax(0, nk, scale_log2, tq, alpha);
-    }
-    pack_p();
-    for (int t = 1; t < tiles; ++t) {
-      hooks.before_issue(t);
-      wgmma_fence();
-      issue_qk(q_desc, k_buf(t));
-      wgmma_commit();
-      issue_pv(v_buf(t - 1));
-      wgmma_commit();
-      hooks.after_issue(t);
-      wgmma_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run under the softmax below
-      fence_regs(s);
-      hooks.k_read(t);
-      float alpha[2];
-      softmax(t, nk, scale_log2, tq, alpha);
-      wgmma_wait<0>();
-      fence_regs(o);
-      hooks.v_read(t - 1);
+    float alpha[2];
+    softmax<W>(s, 0, nk, scale_log2, tq, alpha);
+    pack_p<W>(s);
+  }
+  // Tile t (W keys wide) under P_{t-1} V_{t-1}.
+  template <int W, class QDesc, class KBuf, class VBuf, class Hooks>
+  __device__ __forceinline__ void step(int t, int nk, float scale_log2, int tq, QDesc q_desc, KBuf k_buf, VBuf v_buf,
+                                       Hooks& hooks) {
+    float s[W / 2];
+    hooks.before_issue(t);
+    wgmma_fence();
+    issue_qk<W>(s, q_desc, k_buf(t));
+    wgmma_commit();
+    issue_pv<BN>(v_buf(t - 1));
+    wgmma_commit();
+    hooks.after_issue(t);
+    wgmma_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run under the softmax below
+    fence_regs(s);
+    hooks.k_read(t);
+    float alpha[2];
+    softmax<W>(s, t, nk, scale_log2, tq, alpha);
+    wgmma_wait<0>();
+    fence_regs(o);
+    hooks.v_read(t - 1);
 #pragma unroll
-      for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
-      pack_p();
-    }
+    for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
+    pack_p<W>(s);
+  }
+  // The last P V (W keys of tile tiles - 1).
+  template <int W, class VBuf, class Hooks>
+  __device__ __forceinline__ void last_pv(int tiles, VBuf v_buf, Hooks& hooks) {
     hooks.before_issue(tiles);
     wgmma_fence();
-    issue_pv(v_buf(tiles - 1));
+    issue_pv<W>(v_buf(tiles - 1));
     wgmma_commit();
     hooks.after_issue(tiles);
     wgmma_wait<0>();
@@ -247,6 +321,7 @@ struct WarpgroupRows {
     hooks.v_read(tiles - 1);
   }
 
+ public:
   //! O / l in bf16 and the LSE in natural log for query rows row0 + g and row0 + g + 8 (row0: the
   //! warp's first of 16); rows at or past n_q are skipped.
   __device__ __forceinline__ void store(const Params& p, int seq, int head, int row0, bool bad_len, int g, int tq) {
@@ -274,31 +349,54 @@ struct WarpgroupRows {
   }
 
  private:
-  template <class QDesc>
-  __device__ __forceinline__ void issue_qk(QDesc q_desc, const bf16* kt) {
+  // Widths of a row's last tile: BN / 4 steps (a multiple of 16, so P V's k-steps stay whole).
+  static constexpr int kTailStep = BN / 4;
+  // 0..3: the last tile's keys (nk - (tiles - 1) BN) round up to (class + 1) kTailStep.
+  __device__ __forceinline__ static int tail_width_class(int tiles, int nk) {
+    const int c = (nk - (tiles - 1) * BN + kTailStep - 1) / kTailStep - 1;
+    return c < 0 ? 0 : (c > 3 ? 3 : c);
+  }
+  template <class F>
+  __device__ __forceinline__ static void with_tail_width(int wc, F&& f) {
+    switch (wc) {
+      case 0: f(std::integral_constant<int, kTailStep>{}); break;
+      case 1: f(std::integral_constant<int, 2 * kTailStep>{}); break;
+      case 2: f(std::integral_constant<int, 3 * kTailStep>{}); break;
+      default: f(std::integral_constant<int, BN>{}); break;
+    }
+  }
+  // S over the tile's first W keys.
+  template <int W, class QDesc>
+  __device__ __forceinline__ static void issue_qk(float (&s)[W / 2], QDesc q_desc, const bf16* kt) {
     const std::uint64_t kd = smem_desc(kt, 16, 1024);
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<BN>(s, q_desc(kk), kd + k_step<BN>(kk), kk > 0);
+    for (int kk = 0; kk < D / 16; ++kk) {
+      if constexpr (W == 64 || W == 128) wgmma_ss<W>(s, q_desc(kk), kd + k_step<BN>(kk), kk > 0);
+      else wgmma_ss_narrow<W>(s, q_desc(kk), kd + k_step<BN>(kk), kk > 0);
+    }
   }
+  template <int W>
   __device__ __forceinline__ void issue_pv(const bf16* vt) {
     const std::uint64_t vd = smem_desc(vt, BN * 128, 1024);
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D>(o, pa[kk], vd + v_step(kk), 1);
+    for (int kk = 0; kk < W / 16; ++kk) wgmma_rs<D>(o, pa[kk], vd + v_step(kk), 1);
   }
   // Online softmax of tile t in the log2 domain, in place (s becomes exp2(scale_log2 s - m)); alpha:
   // the factor the running O must be scaled by. At head dim 64 a tile's exponentials cost as much
   // issue bandwidth as its MMAs, so each element takes one FMNMX, one FFMA and one MUFU.EX2: the max
   // is taken on the raw logits (scale_log2 > 0), the scale folded into the FFMA, and ex2.approx.ftz
   // used directly (exp2f adds denormal handling; a flushed exp2 below 2^-126 is 0 in the sum anyway).
-  __device__ __forceinline__ void softmax(int t, int nk, float scale_log2, int tq, float (&alpha)[2]) {
-    if ((t + 1) * BN > nk) {  // only the last tile has keys past nk
+  // W: the tile's width.
+  template <int W>
+  __device__ __forceinline__ void softmax(float (&s)[W / 2], int t, int nk, float scale_log2, int tq, float (&alpha)[2]) {
+    if (t * BN + W > nk) {  // only the last tile has keys past nk
 #pragma unroll
-      for (int i = 0; i < BN / 2; ++i)
+      for (int i = 0; i < W / 2; ++i)
         if (t * BN + (i >> 2) * 8 + 2 * tq + (i & 1) >= nk) s[i] = -INFINITY;
     }
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
+    for (int i = 0; i < W / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
     float neg_ref[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -312,7 +410,7 @@ struct WarpgroupRows {
     }
     float sum[2] = {0.f, 0.f};
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) {
+    for (int i = 0; i < W / 2; ++i) {
       const float pe = ex2_approx(fmaf(s[i], scale_log2, neg_ref[(i >> 1) & 1]));
       s[i] = pe;
       sum[(i >> 1) & 1] += pe;
@@ -321,9 +419,10 @@ struct WarpgroupRows {
     l[1] = l[1] * alpha[1] + sum[1];
   }
   // P (bf16) as the A operand of O += P V: k-step kk covers key columns 16 kk .. 16 kk + 15.
-  __device__ __forceinline__ void pack_p() {
+  template <int W>
+  __device__ __forceinline__ void pack_p(const float (&s)[W / 2]) {
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
+    for (int kk = 0; kk < W / 16; ++kk) {
       pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
       pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
       pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
