@@ -22,7 +22,7 @@
 //! warpgroups take turns on the tensor cores; 128-row query blocks, one persistent CTA per SM
 //! walking them: Infinity's head dim 128).
 //! `automatic` gives them every map whose statistic they support (none, or listed observers) at head
-//! dim 128, and at head dim 64 every map of more than 36 queries (16 where the launch has no more
+//! dim 128, and at head dim 64 every map of more than 25 queries (16 where the launch has no more
 //! (sequence, head) rows than SMs): at head dim 128 with more than 192 queries the
 //! warp-specialised one (measured slower at Infinity's 12x12: 144 queries pad to two 128-row CTAs);
 //! at head dim 64 the resident one where the keys fit and the map has more than one 64-row tile, the
@@ -96,7 +96,7 @@ using bf16 = __nv_bfloat16;
 
 //! Which kernel runs a fused attention launch.
 enum class AttentionKernel {
-  //! where a wgmma kernel can run (and, at head dim 64, n_q > 36, or n_q > 16 where the rows S*H are
+  //! where a wgmma kernel can run (and, at head dim 64, n_q > 25, or n_q > 16 where the rows S*H are
   //! no more than the SMs): at head dim 128 and n_q > 192 the warp-specialised one; the resident-KV one when n_q > 64 and its keys fit; the persistent one
   //! (no statistic) for 129..256 queries whose keys do not fit, at two rows per SM or more; else the
   //! streaming one; otherwise the warp kernel
@@ -379,11 +379,14 @@ void fused_attention(const FusedAttentionArgs& a, cudaStream_t stream = nullptr)
     return;
   }
   // Small maps: the warp kernel packs four rows per CTA, which pays where thousands of rows fill the
-  // GPU (VAR B=16/64); the one-warpgroup wgmma kernel's 64-row items are quicker per row, which is all
-  // that counts where the rows are fewer than the SMs (VAR B=1, 4x4..6x6: 4.0 / 6.1 / 7.7 -> 3.5 /
-  // 3.6 / 4.9 us in graphs) and at head dim 128 (Infinity B=1/4 1x1..4x4: 5.3-6.2 -> 4.0-5.0 us).
+  // GPU (VAR B=16/64 up to 5x5); the one-warpgroup wgmma kernel's 64-row items are quicker per row,
+  // which is all that counts where the rows are fewer than the SMs (VAR B=1, 4x4..6x6: 4.0 / 6.1 /
+  // 7.7 -> 3.5 / 3.6 / 4.9 us in graphs) and at head dim 128 (Infinity B=1/4 1x1..4x4: 5.3-6.2 ->
+  // 4.0-5.0 us). VAR's 6x6 (36 queries) at any batch: since the last key tile runs only as wide as
+  // its keys, the wgmma kernel wins there too (VAR-d30 B=64 10% / full 39.0 / 61.0 -> 37.4 / 52.4 us,
+  // B=16 11.9 / 18.5 -> 8.8 / 12.3); at 5x5 it loses at B=16/64 (VAR-d30 B=64 10% 22.4 -> 31.1).
   const std::int64_t warp_kernel_max_nq =
-      d == 128 ? 0 : (S * H <= detail::fattn::sm90::device_sm_count() ? 16 : 36);
+      d == 128 ? 0 : (S * H <= detail::fattn::sm90::device_sm_count() ? 16 : 25);
   const bool warpgroup =
       a.kernel == AttentionKernel::warpgroup_mma ||
       (a.kernel == AttentionKernel::automatic && a.rows_per_item == 0 && nq > warp_kernel_max_nq && !every_query_stat &&
