@@ -188,14 +188,20 @@ void BM_attention(benchmark::State& state, ModelGeometry geo, std::string sched_
 // costs per launch (the attention launches' us_host minus it: the launcher's own validation), its
 // us_median a single event-timed launch that does nothing.
 __global__ void empty_kernel(const detail::fattn::Params, const ObserverSet) {}
+// The same with Params alone, and with no parameters: what the parameter block's size costs a launch.
+__global__ void empty_kernel_params(const detail::fattn::Params) {}
+__global__ void empty_kernel_bare() {}
 
-void BM_launch_floor(benchmark::State& state) {
+// params: 2 = Params + ObserverSet (the fused kernels' block), 1 = Params, 0 = none.
+void BM_launch_floor(benchmark::State& state, int params) {
   const detail::fattn::Params p{};
   const ObserverSet obs{};
   Timing t{};
   for (auto _ : state) {
     t = time_launches([&](cudaStream_t st) {
-      empty_kernel<<<1, 32, 0, st>>>(p, obs);
+      if (params == 2) empty_kernel<<<1, 32, 0, st>>>(p, obs);
+      else if (params == 1) empty_kernel_params<<<1, 32, 0, st>>>(p);
+      else empty_kernel_bare<<<1, 32, 0, st>>>();
       VARKV_CUDA_CHECK_LAUNCH("empty_kernel");
     });
     state.SetIterationTime(t.median_us * 1e-6);
@@ -204,7 +210,7 @@ void BM_launch_floor(benchmark::State& state) {
   state.counters["us_b2b"] = t.b2b_us;
   state.counters["us_graph"] = t.graph_us;
   state.counters["us_host"] = t.host_us;
-  state.counters["param_bytes"] = sizeof(p) + sizeof(obs);
+  state.counters["param_bytes"] = static_cast<double>(params == 2 ? sizeof(p) + sizeof(obs) : params == 1 ? sizeof(p) : 0);
 }
 
 // Selection + compaction of one layer after a scale step: budget = 10% of the full candidates.
@@ -487,7 +493,11 @@ void register_all() {
                                  geometries::var_d30(), var, 64, 9, frac)
         ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
   }
-  benchmark::RegisterBenchmark("launch/empty-kernel", BM_launch_floor)
+  benchmark::RegisterBenchmark("launch/empty-kernel", BM_launch_floor, 2)
+      ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("launch/empty-kernel-params-only", BM_launch_floor, 1)
+      ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("launch/empty-kernel-no-params", BM_launch_floor, 0)
       ->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
   // A whole device-cache step (attend + commit) of one layer at the last VAR-256 scale.
   benchmark::RegisterBenchmark("step/var-d30/B64/scale09/full", BM_cache_step<presets::Full>, geometries::var_d30(), var,
