@@ -160,17 +160,15 @@ __device__ __forceinline__ void wgmma_ss_n96(float* d, std::uint64_t a, std::uin
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
       : "l"(a), "l"(b), "r"(accumulate));
 }
-// S = Q K^T over the first N keys of a tile (N/2 accumulators from d): the last, partial tile of a row.
+// S = Q K^T over the first N keys of a tile (N/2 accumulators from d): the last, partial tile of a
+// row, at the widths wgmma_ss does not cover.
 template <int N>
 __device__ __forceinline__ void wgmma_ss_narrow(float* d, std::uint64_t a, std::uint64_t b, int accumulate) {
+  static_assert(N == 16 || N == 32 || N == 48 || N == 96, "a narrow tile of 16, 32, 48 or 96 keys");
   if constexpr (N == 16) wgmma_ss_n16(d, a, b, accumulate);
   else if constexpr (N == 32) wgmma_ss_n32(d, a, b, accumulate);
   else if constexpr (N == 48) wgmma_ss_n48(d, a, b, accumulate);
-  else if constexpr (N == 96) wgmma_ss_n96(d, a, b, accumulate);
-  else {
-    static_assert(N == 64, "a narrow tile of 16, 32, 48, 64 or 96 keys");
-    wgmma_ss_n64(*reinterpret_cast<float(*)[32]>(d), a, b, accumulate);
-  }
+  else wgmma_ss_n96(d, a, b, accumulate);
 }
 template <int N>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], std::uint64_t a, std::uint64_t b, int accumulate) {
