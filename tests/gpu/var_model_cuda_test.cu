@@ -13,9 +13,10 @@
 //     (a wrong chunk, layout or scale is O(1)); split_bf16 more accurate than bf16; the GPU's guided
 //     argmax on the CPU run's inputs equal to the CPU token on >= 99% of the positions. Also on a
 //     random-weight VAR-d2 (no golden data needed; fp32 weights rounded to bf16 on upload).
-// (b) Greedy CFG generation on the GPU vs the CPU (FullCache<float>): on every scale whose earlier
-//     scales agree and whose CPU top-2 gap exceeds 2x the measured guided-logit error of that scale
-//     (from (a): both candidates can move by it), tokens identical; overall >= 85% identical with
+// (b) Greedy CFG generation on the GPU vs the CPU (FullCache<float>): for every image, on every scale
+//     where its earlier scales agree and its own CPU top-2 gap exceeds 2x the measured guided-logit
+//     error of that scale (from (a): both candidates can move by it), its tokens identical (at least
+//     one such (image, scale)); overall >= 85% identical with
 //     split_bf16 and >= 75% with bf16 (measured 90.7% / 83.2%: the golden model's top-2 gaps go down
 //     to 1e-4 while bf16 moves its logits by 2-5e-2, and one early flip changes every later input; see
 //     the comment above GreedyGenerationMatchesCpu); f_hat and the decoded image of every image whose
@@ -194,6 +195,9 @@ struct GpuRuns {
 struct GreedyRuns {
   std::vector<int> labels;
   GenerationResult cpu;
+  // [image][scale]: smallest top-1 minus top-2 guided logit of that image's tokens at that scale, from
+  // the CPU teacher forcing on the CPU run's own tokens (the generation's inputs).
+  std::vector<std::vector<double>> cpu_gap;
   GpuRuns bf16, split;  // CudaPrecision::bf16 (default), CudaPrecision::split_bf16
   std::string gelu;
   double cpu_seconds = 0;
@@ -223,6 +227,26 @@ const GreedyRuns& greedy_runs(const GoldenModel& g) {
     VarModelCuda gpu(*g.var);
     r.gelu = gpu.gelu_path();
     const auto tf = cpu_teacher_forcing(*g.var, *g.vae, r.labels, r.cpu.tokens);
+    {
+      const int S = g.vc.scales(), V = g.vc.vocab;
+      const std::int64_t L = g.vc.total_tokens();
+      r.cpu_gap.assign(static_cast<std::size_t>(B), std::vector<double>(static_cast<std::size_t>(S), INFINITY));
+      std::int64_t begin = 0;
+      for (int si = 0; si < S; ++si) {
+        const std::int64_t n = std::int64_t{g.vc.patch_nums[si]} * g.vc.patch_nums[si];
+        std::vector<float> raw(static_cast<std::size_t>(2 * B * n * V));
+        for (int sq = 0; sq < 2 * B; ++sq)
+          std::copy_n(tf.begin() + (sq * L + begin) * V, n * V, raw.begin() + sq * n * V);
+        const double t = g.cfg * (S > 1 ? static_cast<double>(si) / (S - 1) : 0.0);
+        const auto guided = guide_logits(raw, B, n * V, t);
+        for (int b = 0; b < B; ++b)
+          for (std::int64_t i = 0; i < n; ++i) {
+            const std::span<const float> row(guided.data() + (b * n + i) * V, static_cast<std::size_t>(V));
+            r.cpu_gap[b][si] = std::min(r.cpu_gap[b][si], static_cast<double>(top2_gap(row)));
+          }
+        begin += n;
+      }
+    }
     std::printf("labels:");
     for (int l : r.labels) std::printf(" %d", l);
     std::printf("  (golden + 2 random); fc1 GELU: %s; CPU generation %.2f s (decode %.2f s)\n", r.gelu.c_str(),
@@ -370,31 +394,39 @@ void check_greedy(const GoldenModel* g, const GreedyRuns& r, const GpuRuns& x, d
   const auto& ct = r.cpu.tokens;
   ASSERT_EQ(gt.size(), ct.size());
   std::int64_t same_all = 0, begin = 0;
-  bool prefix_agrees = true;
+  // Per image: its tokens at a scale must be identical when all its earlier scales agree and its own
+  // CPU top-2 gap there exceeds twice the scale's measured guided-logit error (both candidates can
+  // move by it). Per image, not over the batch: the random labels' smallest gaps would otherwise
+  // decide whether the golden labels' scales are checked at all.
+  std::vector<char> prefix_agrees(static_cast<std::size_t>(B), 1);
   int checked = 0;
-  std::printf("scale  same/total  CPU gap     2 x guided err  required\n");
+  std::printf("scale  same/total  CPU gap (all)  2 x guided err  images required\n");
   for (int si = 0; si < S; ++si) {
     const std::int64_t n = std::int64_t{vc.patch_nums[si]} * vc.patch_nums[si];
     std::int64_t same = 0;
-    for (int b = 0; b < B; ++b)
-      for (std::int64_t i = 0; i < n; ++i) same += gt[b * L + begin + i] == ct[b * L + begin + i];
-    same_all += same;
-    const bool required = prefix_agrees && r.cpu.min_gap_per_scale[si] > 2.0 * x.err.guided[si];
-    std::printf("%5d  %5lld/%-5lld  %.3e  %.3e       %s\n", si, static_cast<long long>(same),
-                static_cast<long long>(B * n), r.cpu.min_gap_per_scale[si], 2.0 * x.err.guided[si],
-                required ? "yes" : "no");
-    if (required) {
-      ++checked;
-      EXPECT_EQ(same, B * n) << "scale " << si << ": CPU gap " << r.cpu.min_gap_per_scale[si]
-                             << " exceeds twice the measured guided-logit error " << x.err.guided[si];
+    int required = 0;
+    for (int b = 0; b < B; ++b) {
+      std::int64_t same_b = 0;
+      for (std::int64_t i = 0; i < n; ++i) same_b += gt[b * L + begin + i] == ct[b * L + begin + i];
+      same += same_b;
+      if (prefix_agrees[b] && r.cpu_gap[b][si] > 2.0 * x.err.guided[si]) {
+        ++required;
+        EXPECT_EQ(same_b, n) << "image " << b << " (class " << r.labels[b] << "), scale " << si << ": CPU gap "
+                             << r.cpu_gap[b][si] << " exceeds twice the measured guided-logit error "
+                             << x.err.guided[si];
+      }
+      prefix_agrees[b] = prefix_agrees[b] && same_b == n;
     }
-    prefix_agrees = prefix_agrees && same == B * n;
+    same_all += same;
+    checked += required;
+    std::printf("%5d  %5lld/%-5lld  %.3e      %.3e       %d of %d\n", si, static_cast<long long>(same),
+                static_cast<long long>(B * n), r.cpu.min_gap_per_scale[si], 2.0 * x.err.guided[si], required, B);
     begin += n;
   }
   const double overall = static_cast<double>(same_all) / static_cast<double>(B * L);
-  std::printf("tokens identical: %.4f overall (%d scales required identical)\n", overall, checked);
+  std::printf("tokens identical: %.4f overall (%d (image, scale) pairs required identical)\n", overall, checked);
   EXPECT_GE(overall, min_overall);
-  EXPECT_GE(checked, 1) << "no scale had a gap above the measured error";
+  EXPECT_GE(checked, 1) << "no (image, scale) had a gap above the measured error";
 
   // f_hat: the GPU run's equals the CPU quantizer's rebuild from the GPU tokens (every image); where
   // an image's tokens all agree, f_hat and the decoded image equal the CPU run's.
