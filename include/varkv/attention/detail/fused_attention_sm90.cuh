@@ -183,6 +183,11 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const unsigned (&a)[
 #endif  // VARKV_WGMMA_DEVICE
 
 #if VARKV_WGMMA_DEVICE
+// This thread's warpgroup index, broadcast from lane 0 so that the compiler knows it is warp-uniform:
+// shared-memory addresses and wgmma descriptors derived from it then live in uniform registers
+// (without it every wgmma's descriptors went through R2UR moves: 168 in the resident kernel).
+__device__ __forceinline__ int warpgroup_index() { return __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) >> 7, 0); }
+
 __device__ __forceinline__ float ex2_approx(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
@@ -197,6 +202,12 @@ __device__ __forceinline__ float ex2_approx(float x) {
 template <int BN>
 __device__ __forceinline__ std::uint64_t k_step(int kk) {
   return static_cast<std::uint64_t>(((kk >> 2) * BN * 64 + (kk & 3) * 16) >> 3);
+}
+// A descriptor advanced by a k-step: the offset stays inside the 14-bit address field (no carry
+// into the upper word), so a 32-bit add on the low word is enough (a 64-bit add is two ops per wgmma).
+__device__ __forceinline__ std::uint64_t desc_plus(std::uint64_t d, std::uint64_t off) {
+  const unsigned lo = static_cast<unsigned>(d) + static_cast<unsigned>(off);
+  return (d & 0xFFFFFFFF00000000ull) | lo;
 }
 // V tile (read transposed, MN-major), k-step kk: 16 keys = 16 rows of 128 bytes.
 __device__ __forceinline__ std::uint64_t v_step(int kk) { return static_cast<std::uint64_t>(kk * 16 * 64 >> 3); }
@@ -369,15 +380,15 @@ struct WarpgroupRows {
     const std::uint64_t kd = smem_desc(kt, 16, 1024);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      if constexpr (W == 64 || W == 128) wgmma_ss<W>(s, q_desc(kk), kd + k_step<BN>(kk), kk > 0);
-      else wgmma_ss_narrow<W>(s, q_desc(kk), kd + k_step<BN>(kk), kk > 0);
+      if constexpr (W == 64 || W == 128) wgmma_ss<W>(s, q_desc(kk), desc_plus(kd, k_step<BN>(kk)), kk > 0);
+      else wgmma_ss_narrow<W>(s, q_desc(kk), desc_plus(kd, k_step<BN>(kk)), kk > 0);
     }
   }
   template <int W>
   __device__ __forceinline__ void issue_pv(const bf16* vt) {
     const std::uint64_t vd = smem_desc(vt, BN * 128, 1024);
 #pragma unroll
-    for (int kk = 0; kk < W / 16; ++kk) wgmma_rs<D>(o, pa[kk], vd + v_step(kk), 1);
+    for (int kk = 0; kk < W / 16; ++kk) wgmma_rs<D>(o, pa[kk], desc_plus(vd, v_step(kk)), 1);
   }
   // Online softmax of tile t in the log2 domain, in place (s becomes exp2(scale_log2 s - m)); alpha:
   // the factor the running O must be scaled by. At head dim 64 a tile's exponentials cost as much
@@ -537,7 +548,7 @@ __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES, ALIGNED>:
   const int len = ro.len, nk = ro.nk;
   const int tiles = (nk + BN - 1) / BN;
 
-  const int tid = threadIdx.x, wg = tid >> 7, w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int tid = threadIdx.x, wg = warpgroup_index(), w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   const bf16 *qb = ro.q, *ckb = ro.ck, *cvb = ro.cv, *nkb = ro.nk_base, *nvb = ro.nv_base;
 
   bf16* sQ = reinterpret_cast<bf16*>(smem);
@@ -571,7 +582,7 @@ __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES, ALIGNED>:
 
   // This warpgroup's Q rows, k-step kk of 16 head-dim columns (32 bytes inside a 128-byte row).
   const std::uint64_t q_desc0 = smem_desc(sQ + wg * 64 * 64, 16, 1024);
-  auto q_desc = [&](int kk) { return q_desc0 + k_step<C::kRows>(kk); };  // Q: K-major like a K tile
+  auto q_desc = [&](int kk) { return desc_plus(q_desc0, k_step<C::kRows>(kk)); };  // Q: K-major like a K tile
   // Before tile t: K_t and V_{t-1} landed (later groups may still be loading) and are visible to
   // every warpgroup, all of which are done with K_{t-1} and V_{t-2}; then refill those buffers.
   auto before_tile = [&](int t) {

@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(PersistentConfig<STAGES>::kThreads, 1)
   }
 
   setmaxnreg_inc<C::kConsumerRegs>();
-  const int wg = warp >> 2, w4 = warp & 3, g = lane >> 2, tq = lane & 3;
+  const int wg = warpgroup_index(), w4 = warp & 3, g = lane >> 2, tq = lane & 3;
   // Unsigned tile counters and a power-of-two ring: stage and phase are a mask and a shift (with
   // signed % and / the issue-bound consumer loop ran 2-7% slower).
   struct Hooks {
@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(PersistentConfig<STAGES>::kThreads, 1)
     if (wg < q_tiles && tiles > 0) {
       fence_proxy_async();
       const std::uint64_t q_desc0 = smem_desc(sQ + (slot * C::kConsumers + wg) * (64 * D), 16, 1024);
-      auto q_desc = [&](int kk) { return q_desc0 + k_step<64>(kk); };
+      auto q_desc = [&](int kk) { return desc_plus(q_desc0, k_step<64>(kk)); };
       auto k_buf = [&](int t) { return sK + C::stage(n + t) * (BN * D); };
       auto v_buf = [&](int t) { return sV + C::stage(n + t) * (BN * D); };
       Hooks hooks{k_full, v_full, kv_empty, n, tiles, lane};

@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
     return;
   }
 
-  const int tid = threadIdx.x, wg = tid >> 7, w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int tid = threadIdx.x, wg = warpgroup_index(), w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   bf16* const sK = reinterpret_cast<bf16*>(smem);
   bf16* const sV = sK + KT * BN * D;
   bf16* const sQ = sV + KT * BN * D;  // [warpgroup][buffer] 64 x D tiles
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
   auto resident = [](int) {};
   WarpgroupRows<D, BN> rows;
   const std::uint64_t q_desc0 = smem_desc(q_buf, 16, 1024);
-  auto q_desc = [&](int kk) { return q_desc0 + k_step<64>(kk); };
+  auto q_desc = [&](int kk) { return desc_plus(q_desc0, k_step<64>(kk)); };
   int j = 0;
   for (int qt = first; qt < qt1; qt += 2, ++j) {
     if (j == 0) {

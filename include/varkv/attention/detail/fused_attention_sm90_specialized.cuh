@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(384, 1) fused_attention_wgmma_specialized_kern
   auto k_buf_at = [&](unsigned a) { return sK0 + (a % STAGES) * (BN * D); };
   auto v_buf_at = [&](unsigned a) { return sV0 + (a % STAGES) * (BN * D); };
 
-  const int tid = threadIdx.x, wg = tid >> 7;
+  const int tid = threadIdx.x, wg = warpgroup_index();
   if (tid < STAGES) {
     mbar_init(full_k + tid, 128);   // every producer thread, once its copies landed
     mbar_init(full_v + tid, 128);
@@ -192,9 +192,9 @@ __global__ void __launch_bounds__(384, 1) fused_attention_wgmma_specialized_kern
   }
 
   setmaxnreg_inc<C::kConsumerRegs>();
-  const int ctid = tid - 128, cw = ctid >> 7, w4 = (ctid >> 5) & 3, lane = ctid & 31, g = lane >> 2, tq = lane & 3;
+  const int ctid = tid - 128, cw = wg - 1, w4 = (ctid >> 5) & 3, lane = ctid & 31, g = lane >> 2, tq = lane & 3;
   const std::uint64_t q_desc0 = smem_desc(sQ + cw * 64 * 64, 16, 1024);
-  auto q_desc = [&](int kk) { return q_desc0 + k_step<C::kRows>(kk); };
+  auto q_desc = [&](int kk) { return desc_plus(q_desc0, k_step<C::kRows>(kk)); };
   // Turns: consumer 1 issues step t, consumer 2 its step t, and so on; consumer 2 passes after its
   // last step of every block too, and consumer 1 takes that last pass after its loop (every
   // arrival is matched).
