@@ -74,20 +74,54 @@ __global__ void __launch_bounds__(128, MINB) fused_attention_kernel(const Params
 
   const bf16 *qb = ro.q, *ckb = ro.ck, *cvb = ro.cv, *nkb = ro.nk_base, *nvb = ro.nv_base;
 
+  // Copies: thread gtid takes 16-byte chunk cc of rows r0, r0 + RS, ... of a tile, advancing its source
+  // offsets by additions (per-row index arithmetic and 64-bit multiplies cost ~30 instructions per
+  // cp.async: a third of the ~920 instructions of a VAR 1x1 item).
+  // Only in one-tile items without an every-query statistic, where the copies are most of the work:
+  // elsewhere the unrolled form spilled (88 bytes with the statistic, +4 at six CTAs per SM).
+  constexpr bool kLeanCopy = ONE && !kItemLogits && !kItemProbs;
+  constexpr int RS = 32 * G / DT;
+  static_assert(32 * G % DT == 0 && N % RS == 0 && C::kRows % RS == 0, "copy layout");
   // Loads key/value tile t (rows past nk are zero-filled: P is 0 there, and 0 * garbage could be NaN).
   auto load_kv = [&](bf16* dst, const bf16* cache_base, std::int64_t cache_stride, const bf16* new_base,
                      std::int64_t new_stride, int t) {
-    for (int i = gtid; i < N * DT; i += 32 * G) {
-      const int r = i / DT, c = i % DT, j = t * N + r;
-      const bf16* src = j < len ? cache_base + j * cache_stride : new_base + (j - len) * new_stride;
-      const bool ok = j < nk;
-      cp_async16(dst + swz<D>(r, c), ok ? src + c * 8 : p.q, ok);
+    if constexpr (kLeanCopy) {
+      // Element offsets from each source's base (formed into a pointer only for a row it holds).
+      const int cc = gtid % DT, r0 = gtid / DT, j0 = t * N + r0;
+      std::int64_t oc = static_cast<std::int64_t>(j0) * cache_stride + cc * 8;
+      std::int64_t on = static_cast<std::int64_t>(j0 - len) * new_stride + cc * 8;
+#pragma unroll
+      for (int i = 0; i < N / RS; ++i) {
+        const int j = j0 + i * RS;
+        const bool ok = j < nk;
+        cp_async16(dst + swz<D>(r0 + i * RS, cc), ok ? (j < len ? cache_base + oc : new_base + on) : p.q, ok);
+        oc += RS * cache_stride;
+        on += RS * new_stride;
+      }
+    } else {
+      for (int i = gtid; i < N * DT; i += 32 * G) {
+        const int r = i / DT, c = i % DT, j = t * N + r;
+        const bf16* src = j < len ? cache_base + j * cache_stride : new_base + (j - len) * new_stride;
+        const bool ok = j < nk;
+        cp_async16(dst + swz<D>(r, c), ok ? src + c * 8 : p.q, ok);
+      }
     }
   };
-  for (int i = gtid; i < C::kRows * DT; i += 32 * G) {
-    const int r = i / DT, c = i % DT, qi = q0 + r;
-    const bool ok = qi < p.nq;
-    cp_async16(sQ + swz<D>(r, c), ok ? qb + qi * p.q_s[2] + c * 8 : p.q, ok);
+  if constexpr (kLeanCopy) {
+    const int cc = gtid % DT, r0 = gtid / DT;
+    const bf16* pq = qb + static_cast<std::int64_t>(q0 + r0) * p.q_s[2] + cc * 8;
+#pragma unroll
+    for (int i = 0; i < C::kRows / RS; ++i) {
+      const bool ok = q0 + r0 + i * RS < p.nq;
+      cp_async16(sQ + swz<D>(r0 + i * RS, cc), ok ? pq : p.q, ok);
+      pq += RS * p.q_s[2];
+    }
+  } else {
+    for (int i = gtid; i < C::kRows * DT; i += 32 * G) {
+      const int r = i / DT, c = i % DT, qi = q0 + r;
+      const bool ok = qi < p.nq;
+      cp_async16(sQ + swz<D>(r, c), ok ? qb + qi * p.q_s[2] + c * 8 : p.q, ok);
+    }
   }
   if (tiles > 0) load_kv(sK, ckb, p.ck_s[2], nkb, p.nk_s[2], 0);
   cp_commit();
