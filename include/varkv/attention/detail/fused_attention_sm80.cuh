@@ -108,13 +108,14 @@ __global__ void __launch_bounds__(128, MINB) fused_attention_kernel(const Params
     }
   };
   if constexpr (kLeanCopy) {
+    // An offset, like the K/V copy: rows past n_q would walk a pointer past the tensor.
     const int cc = gtid % DT, r0 = gtid / DT;
-    const bf16* pq = qb + static_cast<std::int64_t>(q0 + r0) * p.q_s[2] + cc * 8;
+    std::int64_t oq = static_cast<std::int64_t>(q0 + r0) * p.q_s[2] + cc * 8;
 #pragma unroll
     for (int i = 0; i < C::kRows / RS; ++i) {
       const bool ok = q0 + r0 + i * RS < p.nq;
-      cp_async16(sQ + swz<D>(r0 + i * RS, cc), ok ? pq : p.q, ok);
-      pq += RS * p.q_s[2];
+      cp_async16(sQ + swz<D>(r0 + i * RS, cc), ok ? qb + oq : p.q, ok);
+      oq += RS * p.q_s[2];
     }
   } else {
     for (int i = gtid; i < C::kRows * DT; i += 32 * G) {
