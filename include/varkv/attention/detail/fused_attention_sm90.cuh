@@ -441,55 +441,90 @@ struct WarpgroupRows {
 };
 #endif  // VARKV_WGMMA_DEVICE
 
-// Key tile t (BN keys from key t * BN) of one row's K or V into dst, in the swizzled wgmma layout, by
-// THREADS threads. Thread tid copies the same 16-byte column chunk of rows r0, r0 + THREADS / (D/8),
-// ... of every tile, so its swizzled offsets are fixed: only the key index and its source (cache slot
-// below len, the scale's own key above) change. Keys past nk are zero-filled: P is 0 there, and
-// 0 * garbage could be NaN. `dummy`: any valid address (read by no zero-fill copy).
-// A tile wholly inside the cache or wholly inside the new keys (all but at most two per row) walks
-// one source pointer: one cp.async and one 64-bit add per row. The per-row choice of source and
-// zero-fill of the general path cost ~30 instructions per cp.async, enough to make a copying warp the
-// bottleneck of the kernel that has one (fused_attention_sm90_specialized.cuh).
+// One thread's walk through a row's K or V tiles (BN keys each) as THREADS threads copy them, tile
+// after tile in order, into the swizzled wgmma layout. The thread copies 16-byte chunk c of rows r0,
+// r0 + kRowStep, ... of every tile, so its shared offset is fixed and its two candidate sources (key j
+// is kept-cache slot j below len, else the scale's new key j - len) advance by a constant: a cp.async
+// costs two compares, a select and two adds. (Computing the source per chunk cost ~30 integer and
+// branch instructions per cp.async: 27% of the resident kernel's instructions at VAR-d30 B=64 16x16
+// 10%, Nsight Compute.) The warp-specialised kernel's producer keeps its own copy
+// (fused_attention_sm90_specialized.cuh).
+// Keys past nk are zero-filled: P is 0 there, and 0 * garbage could be NaN. The new operand's
+// address runs in unsigned arithmetic from len rows before its first row; it is used only from there.
 template <int D, int BN, int THREADS>
-__device__ __forceinline__ void copy_key_tile(bf16* dst, const bf16* cache_base, std::int64_t cache_stride,
-                                              const bf16* new_base, std::int64_t new_stride, int t, int len, int nk,
-                                              int tid, const bf16* dummy) {
-  constexpr int DT = D / 8, kRowStep = THREADS / DT, kPerThread = BN / kRowStep;
-  static_assert(THREADS % DT == 0 && kRowStep % 8 == 0 && BN % kRowStep == 0, "copy layout");
-  const int c = tid % DT, r0 = tid / DT;
-  const int off = swz128(BN, r0, c);  // + i * kRowStep * 64 for the i-th row
-  const int j0 = t * BN;
-  const bool all_cache = j0 + BN <= len, all_new = j0 >= len && j0 + BN <= nk;
-  if (all_cache || all_new) {  // uniform across the CTA
-    const std::int64_t stride = all_cache ? cache_stride : new_stride;
-    const bf16* src = (all_cache ? cache_base + (j0 + r0) * cache_stride : new_base + (j0 - len + r0) * new_stride) + c * 8;
-    const unsigned s0 = static_cast<unsigned>(__cvta_generic_to_shared(dst + off));
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s0 + i * kRowStep * 128), "l"(src));
-      src += kRowStep * stride;
-    }
-    return;
-  }
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int j = j0 + r0 + i * kRowStep;
-    const bool ok = j < nk;
-    const bf16* src = j < len ? cache_base + j * cache_stride : new_base + (j - len) * new_stride;
-    cp_async16(dst + off + i * kRowStep * 64, ok ? src + c * 8 : dummy, ok);
-  }
-}
+struct KeyTileCopy {
+  static constexpr int kChunks = D / 8, kRowStep = THREADS / kChunks, kPerThread = BN / kRowStep;
+  static_assert(THREADS % kChunks == 0 && kRowStep % 8 == 0 && BN % kRowStep == 0, "copy layout");
+  std::uint64_t cache, fresh;  // global byte addresses of this thread's next row in either source
 
-// Query rows q0 .. q0 + rows - 1 of one row (stride q_stride) into dst, swizzled as a `rows`-row wgmma
-// operand, by `threads` threads starting at tid; rows at or past nq are zero-filled.
-template <int D>
-__device__ __forceinline__ void copy_query_rows(bf16* dst, int rows, const bf16* q_base, std::int64_t q_stride, int q0,
-                                                int nq, int tid, int threads, const bf16* dummy) {
-  constexpr int DT = D / 8;
-  for (int i = tid; i < rows * DT; i += threads) {
-    const int r = i / DT, c = i % DT, qi = q0 + r;
-    const bool ok = qi < nq;
-    cp_async16(dst + swz128(rows, r, c), ok ? q_base + qi * q_stride + c * 8 : dummy, ok);
+  __device__ __forceinline__ KeyTileCopy(const bf16* cache_row0, std::int64_t cache_stride, const bf16* new_row0,
+                                         std::int64_t new_stride, int len, int tid) {
+    const int c = tid % kChunks, r0 = tid / kChunks;
+    cache = reinterpret_cast<std::uintptr_t>(cache_row0 + c * 8) +
+            static_cast<std::uint64_t>(static_cast<std::int64_t>(r0) * 2 * cache_stride);
+    fresh = reinterpret_cast<std::uintptr_t>(new_row0 + c * 8) +
+            static_cast<std::uint64_t>(static_cast<std::int64_t>(r0 - len) * 2 * new_stride);
+  }
+  //! Copies tile t, the row's next one, into `tile` (tid, strides and len as for the constructor; nk:
+  //! the row's keys; `dummy`: any valid global address, read by no zero-fill copy).
+  __device__ __forceinline__ void next(bf16* tile, int t, int tid, std::int64_t cache_stride, std::int64_t new_stride,
+                                       int len, int nk, std::uint64_t dummy) {
+    const unsigned s = smem_u32(tile) + tile_offset(tid);
+    int j = t * BN + tid / kChunks;
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i, j += kRowStep) {
+      const bool in_cache = j < len, ok = j < nk;
+      cp_async16_at(s + i * kRowStep * 128, ok ? (in_cache ? cache : fresh) : dummy, ok);
+      cache += static_cast<std::uint64_t>(kRowStep * 2 * cache_stride);
+      fresh += static_cast<std::uint64_t>(kRowStep * 2 * new_stride);
+    }
+  }
+  //! K and V tile t together (walkers k and v of the same row): one key index and one pair of
+  //! compares for both. (Measured against two next() calls in the resident kernel: VAR-d16 B=64
+  //! 16x16 10% 144.5 -> 140.6 us in graphs; a one-source fast path for whole-cache or whole-new tiles
+  //! made it slower again, 143.7.)
+  __device__ __forceinline__ static void next_pair(KeyTileCopy& k, KeyTileCopy& v, bf16* k_tile, bf16* v_tile, int t,
+                                                   int tid, const Params& p, int len, int nk, std::uint64_t dummy) {
+    const unsigned off = tile_offset(tid), sk = smem_u32(k_tile) + off, sv = smem_u32(v_tile) + off;
+    int j = t * BN + tid / kChunks;
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i, j += kRowStep) {
+      const bool in_cache = j < len, ok = j < nk;
+      cp_async16_at(sk + i * kRowStep * 128, ok ? (in_cache ? k.cache : k.fresh) : dummy, ok);
+      cp_async16_at(sv + i * kRowStep * 128, ok ? (in_cache ? v.cache : v.fresh) : dummy, ok);
+      k.cache += static_cast<std::uint64_t>(kRowStep * 2 * p.ck_s[2]);
+      k.fresh += static_cast<std::uint64_t>(kRowStep * 2 * p.nk_s[2]);
+      v.cache += static_cast<std::uint64_t>(kRowStep * 2 * p.cv_s[2]);
+      v.fresh += static_cast<std::uint64_t>(kRowStep * 2 * p.nv_s[2]);
+    }
+  }
+
+ private:
+  // Byte offset of this thread's (row, chunk) inside a tile.
+  __device__ __forceinline__ static unsigned tile_offset(int tid) {
+    return 2u * static_cast<unsigned>(swz128(BN, tid / kChunks, tid % kChunks));
+  }
+};
+
+// Query rows q0 .. q0 + ROWS - 1 of one row (stride q_stride) into dst, swizzled as a ROWS-row wgmma
+// operand, by THREADS threads (tid from 0); rows at or past nq are zero-filled. As KeyTileCopy: one
+// chunk per thread at fixed rows, one running address.
+template <int D, int ROWS, int THREADS>
+__device__ __forceinline__ void copy_query_rows(bf16* dst, const bf16* q_base, std::int64_t q_stride, int q0, int nq,
+                                                int tid, const bf16* dummy) {
+  constexpr int kChunks = D / 8, kRowStep = THREADS / kChunks;
+  static_assert(THREADS % kChunks == 0 && kRowStep % 8 == 0 && ROWS % kRowStep == 0, "copy layout");
+  const int c = tid % kChunks, r = tid / kChunks;
+  const unsigned s = smem_u32(dst) + 2u * static_cast<unsigned>(swz128(ROWS, r, c));
+  std::uint64_t a = reinterpret_cast<std::uintptr_t>(q_base + c * 8) +
+                    static_cast<std::uint64_t>(static_cast<std::int64_t>(q0 + r) * 2 * q_stride);
+  const std::uint64_t none = reinterpret_cast<std::uintptr_t>(dummy);
+  // By fours: 16 copies unrolled whole (128 rows at head dim 128) hoist 16 addresses into registers.
+#pragma unroll 4
+  for (int i = 0; i < ROWS / kRowStep; ++i) {
+    const bool ok = q0 + r + i * kRowStep < nq;
+    cp_async16_at(s + i * kRowStep * 128, ok ? a : none, ok);
+    a += static_cast<std::uint64_t>(kRowStep * 2 * q_stride);
   }
 }
 
@@ -557,11 +592,14 @@ __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES, ALIGNED>:
   auto k_buf = [&](int t) { return sK0 + (t % STAGES) * (BN * D); };
   auto v_buf = [&](int t) { return sV0 + (t % STAGES) * (BN * D); };
 
-  auto load_k = [&](int t) {
-    if (t < tiles) copy_key_tile<D, BN, C::kThreads>(k_buf(t), ckb, p.ck_s[2], nkb, p.nk_s[2], t, len, nk, tid, p.q);
+  KeyTileCopy<D, BN, C::kThreads> kcopy(ckb, p.ck_s[2], nkb, p.nk_s[2], len, tid);
+  KeyTileCopy<D, BN, C::kThreads> vcopy(cvb, p.cv_s[2], nvb, p.nv_s[2], len, tid);
+  const std::uint64_t dummy = reinterpret_cast<std::uintptr_t>(p.q);
+  auto load_k = [&](int t) {  // t = 0, 1, ... in order
+    if (t < tiles) kcopy.next(k_buf(t), t, tid, p.ck_s[2], p.nk_s[2], len, nk, dummy);
   };
   auto load_v = [&](int t) {
-    if (t < tiles) copy_key_tile<D, BN, C::kThreads>(v_buf(t), cvb, p.cv_s[2], nvb, p.nv_s[2], t, len, nk, tid, p.q);
+    if (t < tiles) vcopy.next(v_buf(t), t, tid, p.cv_s[2], p.nv_s[2], len, nk, dummy);
   };
 
   if (tiles == 0) {
@@ -569,7 +607,7 @@ __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES, ALIGNED>:
     return;
   }
 
-  copy_query_rows<D>(sQ, C::kRows, qb, p.q_s[2], q0, p.nq, tid, C::kThreads, p.q);
+  copy_query_rows<D, C::kRows, C::kThreads>(sQ, qb, p.q_s[2], q0, p.nq, tid, p.q);
   // Prologue group: Q, K_0 .. K_{STAGES-2}, V_0 .. V_{STAGES-3}; then STAGES-3 empty groups, so that
   // from iteration 1 on "the group of iteration t - STAGES + 1" is always STAGES-2 groups back.
 #pragma unroll

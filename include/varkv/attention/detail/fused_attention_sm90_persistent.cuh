@@ -100,23 +100,24 @@ __global__ void __launch_bounds__(PersistentConfig<STAGES>::kThreads, 1)
   if (warp >= 4 * C::kConsumers) {  // producer
     setmaxnreg_dec<C::kProducerRegs>();
     const int ptid = tid - 128 * C::kConsumers;
+    const std::uint64_t dummy = reinterpret_cast<std::uintptr_t>(p.q);
     unsigned it = 0, n = 0;
     for (int row = blockIdx.x; row < rows; row += gridDim.x, ++it) {
       const RowOperands ro(p, row);
       const int slot = it & 1, tiles = (ro.nk + BN - 1) / BN;
       if (it >= 2) mbar_wait(q_empty + slot, ((it >> 1) - 1) & 1u);
       for (int w = 0; w < q_tiles; ++w)
-        copy_query_rows<D>(sQ + (slot * C::kConsumers + w) * (64 * D), 64, ro.q, p.q_s[2], w * 64, p.nq, ptid, 128,
-                           p.q);
+        copy_query_rows<D, 64, 128>(sQ + (slot * C::kConsumers + w) * (64 * D), ro.q, p.q_s[2], w * 64, p.nq, ptid,
+                                    p.q);
       cp_async_arrive_noinc(q_full + slot);
+      KeyTileCopy<D, BN, 128> kcopy(ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], ro.len, ptid);
+      KeyTileCopy<D, BN, 128> vcopy(ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], ro.len, ptid);
       for (int t = 0; t < tiles; ++t, ++n) {
         const unsigned st = C::stage(n);
         if (n >= STAGES) mbar_wait(kv_empty + st, (C::phase(n) ^ 1u));
-        copy_key_tile<D, BN, 128>(sK + st * (BN * D), ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], t, ro.len, ro.nk, ptid,
-                                  p.q);
+        kcopy.next(sK + st * (BN * D), t, ptid, p.ck_s[2], p.nk_s[2], ro.len, ro.nk, dummy);
         cp_async_arrive_noinc(k_full + st);
-        copy_key_tile<D, BN, 128>(sV + st * (BN * D), ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], t, ro.len, ro.nk, ptid,
-                                  p.q);
+        vcopy.next(sV + st * (BN * D), t, ptid, p.cv_s[2], p.nv_s[2], ro.len, ro.nk, dummy);
         cp_async_arrive_noinc(v_full + st);
       }
     }

@@ -147,13 +147,16 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
   auto v_buf = [&](int t) { return sV + t * (BN * D); };
   bf16* const q_buf = sQ + wg * (64 * D);
 
+  // Tiles copied in order by running addresses (KeyTileCopy), K_t with V_t.
+  KeyTileCopy<D, BN, C::kThreads> kcopy(ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], len, tid);
+  KeyTileCopy<D, BN, C::kThreads> vcopy(ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], len, tid);
+  const std::uint64_t dummy = reinterpret_cast<std::uintptr_t>(p.q);
   auto load_kv = [&](int t) {  // by all 256 threads
-    copy_key_tile<D, BN, C::kThreads>(k_buf(t), ro.ck, p.ck_s[2], ro.nk_base, p.nk_s[2], t, len, nk, tid, p.q);
-    copy_key_tile<D, BN, C::kThreads>(v_buf(t), ro.cv, p.cv_s[2], ro.nv_base, p.nv_s[2], t, len, nk, tid, p.q);
+    KeyTileCopy<D, BN, C::kThreads>::next_pair(kcopy, vcopy, k_buf(t), v_buf(t), t, tid, p, len, nk, dummy);
   };
   // Query tile qt into this warpgroup's buffer (its 128 threads only); nothing past the item.
   auto load_q = [&](int qt) {
-    if (qt < qt1) copy_query_rows<D>(q_buf, 64, ro.q, p.q_s[2], qt * 64, p.nq, tid & 127, 128, p.q);
+    if (qt < qt1) copy_query_rows<D, 64, 128>(q_buf, ro.q, p.q_s[2], qt * 64, p.nq, tid & 127, p.q);
   };
 
   // Groups, per thread: {own first Q tile, K_0, V_0}, then {K_t, V_t} for t = 1 .. tiles-1.
