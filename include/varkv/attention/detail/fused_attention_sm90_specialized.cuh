@@ -24,7 +24,7 @@
 //! against their async-proxy (wgmma) reads, and arrive on a buffer's `empty` barrier once the wgmma
 //! reading it has completed. The copies must be lean: with the per-row source choice on every
 //! cp.async (~36 instructions each) the producer executed half of the kernel's instructions and the
-//! consumers' largest stall was waiting for V (copy_key_tile's single-pointer path fixed it).
+//! consumers' largest stall was waiting for V (producer_copy_key_tile's single-pointer path fixed it).
 //!
 //! \par Scheduling
 //! Persistent: at most one CTA per SM, each walking the work items (128-row query blocks) c, c + G,
