@@ -186,7 +186,9 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const unsigned (&a)[
 // This thread's warpgroup index, broadcast from lane 0 so that the compiler knows it is warp-uniform:
 // shared-memory addresses and wgmma descriptors derived from it then live in uniform registers
 // (without it every wgmma's descriptors went through R2UR moves: 168 in the resident kernel).
-__device__ __forceinline__ int warpgroup_index() { return __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) >> 7, 0); }
+__device__ __forceinline__ int warpgroup_index() {
+  return __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) >> 7, 0);
+}
 
 __device__ __forceinline__ float ex2_approx(float x) {
   float y;
@@ -583,7 +585,8 @@ __global__ void __launch_bounds__(128 * WG, (Config<D, WG, BN, STAGES, ALIGNED>:
   const int len = ro.len, nk = ro.nk;
   const int tiles = (nk + BN - 1) / BN;
 
-  const int tid = threadIdx.x, wg = warpgroup_index(), w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int tid = threadIdx.x, wg = warpgroup_index(), w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2,
+            tq = lane & 3;
   const bf16 *qb = ro.q, *ckb = ro.ck, *cvb = ro.cv, *nkb = ro.nk_base, *nvb = ro.nv_base;
 
   bf16* sQ = reinterpret_cast<bf16*>(smem);

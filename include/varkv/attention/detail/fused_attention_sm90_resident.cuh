@@ -139,7 +139,8 @@ __global__ void __launch_bounds__(256, (ResidentConfig<D, KT>::kMinBlocks))
     return;
   }
 
-  const int tid = threadIdx.x, wg = warpgroup_index(), w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int tid = threadIdx.x, wg = warpgroup_index(), w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2,
+            tq = lane & 3;
   bf16* const sK = reinterpret_cast<bf16*>(smem);
   bf16* const sV = sK + KT * BN * D;
   bf16* const sQ = sV + KT * BN * D;  // [warpgroup][buffer] 64 x D tiles
