@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -619,6 +620,71 @@ TEST(FusedAttention, WarpgroupResidentKvKernel) {
     cases.push_back(c);
   }
   run_all(cases);
+}
+
+// New K/V shared by the heads of a sequence, passed as views with head stride 0 (a broadcast the
+// launcher accepts: every stride is a multiple of 16 bytes), must give exactly (bit for bit: the same
+// kernel and tile order) the outputs of per-head copies, through each kernel that serves a 100-query
+// step (automatic: the resident-KV kernel; the streaming warpgroup kernel; the warp kernel).
+TEST(FusedAttention, BroadcastNewKeysMatchPerHeadCopies) {
+  if (!fused_attention_has_warpgroup_kernel())
+    GTEST_SKIP() << "the wgmma kernels need an sm_90 GPU and an sm_90a build";
+  const int S = 2, H = 3, nq = 100, d = 64, cap = 40, n_new = 100;
+  RandomStep step(S, H, nq, d, cap, n_new);
+  const std::vector<std::int32_t> lens = {5, 13, 40, 0, 27, 33};
+  step.set_device_lengths(lens);
+  // Per-head copies of head 0's new keys and values of each sequence.
+  DeviceBuffer<bf16> mk(S * H * n_new * d), mv(S * H * n_new * d);
+  for (int s = 0; s < S; ++s)
+    for (int h = 0; h < H; ++h) {
+      const std::size_t dst = (static_cast<std::size_t>(s) * H + h) * n_new * d, src = std::size_t(s) * H * n_new * d;
+      const std::size_t bytes = std::size_t(n_new) * d * sizeof(bf16);
+      VARKV_CUDA_CHECK(cudaMemcpy(mk.data() + dst, step.k.data() + src, bytes, cudaMemcpyDeviceToDevice));
+      VARKV_CUDA_CHECK(cudaMemcpy(mv.data() + dst, step.v.data() + src, bytes, cudaMemcpyDeviceToDevice));
+    }
+  const std::array<std::int64_t, 4> broadcast = {std::int64_t{H} * n_new * d, 0, d, 1};
+  auto run = [&](bool broadcast_kv, AttentionKernel kernel, std::vector<bf16>& o_host, std::vector<float>& lse_host) {
+    DeviceBuffer<bf16> o(S * H * nq * d);
+    DeviceBuffer<float> lse(S * H * nq);
+    VARKV_CUDA_CHECK(cudaMemset(o.data(), 0xFF, o.size() * sizeof(bf16)));  // NaN
+    VARKV_CUDA_CHECK(cudaMemset(lse.data(), 0xFF, lse.size() * sizeof(float)));
+    FusedAttentionArgs a = step.args();
+    if (broadcast_kv) {
+      a.new_k = make_view<4, const bf16>("k", step.k.data(), {S, H, n_new, d}, broadcast);
+      a.new_v = make_view<4, const bf16>("v", step.v.data(), {S, H, n_new, d}, broadcast);
+    } else {
+      a.new_k = make_view<4, const bf16>("k", mk.data(), {S, H, n_new, d});
+      a.new_v = make_view<4, const bf16>("v", mv.data(), {S, H, n_new, d});
+    }
+    a.out = make_view<4>("o", o.data(), {S, H, nq, d});
+    a.lse = make_view<3>("lse", lse.data(), {S, H, nq});
+    a.host_lengths = lens;
+    a.kernel = kernel;
+    fused_attention(a);
+    VARKV_CUDA_CHECK(cudaDeviceSynchronize());
+    o_host.resize(o.size());
+    lse_host.resize(lse.size());
+    VARKV_CUDA_CHECK(cudaMemcpy(o_host.data(), o.data(), o.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
+    VARKV_CUDA_CHECK(cudaMemcpy(lse_host.data(), lse.data(), lse.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  };
+  for (AttentionKernel kernel :
+       {AttentionKernel::automatic, AttentionKernel::warpgroup_mma, AttentionKernel::warp_mma}) {
+    SCOPED_TRACE(static_cast<int>(kernel));
+    std::vector<bf16> o_bc, o_ref;
+    std::vector<float> lse_bc, lse_ref;
+    run(true, kernel, o_bc, lse_bc);
+    run(false, kernel, o_ref, lse_ref);
+    ASSERT_EQ(o_bc.size(), o_ref.size());
+    int o_diff = 0, lse_diff = 0, nan = 0;
+    for (std::size_t i = 0; i < o_ref.size(); ++i) {
+      nan += std::isnan(__bfloat162float(o_bc[i])) || std::isnan(__bfloat162float(o_ref[i]));
+      o_diff += std::memcmp(&o_bc[i], &o_ref[i], sizeof(bf16)) != 0;
+    }
+    for (std::size_t i = 0; i < lse_ref.size(); ++i) lse_diff += std::memcmp(&lse_bc[i], &lse_ref[i], 4) != 0;
+    EXPECT_EQ(nan, 0) << "outputs left unwritten (poison) or NaN";
+    EXPECT_EQ(o_diff, 0) << "outputs differ from those of per-head copies";
+    EXPECT_EQ(lse_diff, 0);
+  }
 }
 
 // The persistent warpgroup kernel (one CTA per SM walks the rows; four consumer warpgroups take a
