@@ -10,8 +10,8 @@
 //!
 //! \par Kernels
 //! Five kernels share this contract (`FusedAttentionArgs::kernel`). Four are warpgroup kernels
-//! (wgmma, 64 query rows per warpgroup, softmax overlapped with the P V product) for sm_90 GPUs when
-//! the code is compiled for sm_90a: the streaming one (detail/fused_attention_sm90.cuh: K/V tiles
+//! (wgmma, 64 query rows per warpgroup, one warpgroup's softmax under the others' MMAs) for sm_90
+//! GPUs when the code is compiled for sm_90a: the streaming one (detail/fused_attention_sm90.cuh: K/V tiles
 //! through cp.async rings, any key count), the resident-KV one
 //! (detail/fused_attention_sm90_resident.cuh: a CTA loads its row's K/V once and runs all its query
 //! tiles over it; head dim 64, at most 384 keys per row: VAR's 10% steps), the persistent one

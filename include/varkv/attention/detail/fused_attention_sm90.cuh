@@ -14,8 +14,10 @@
 //! K and V tiles of BN keys stream through two rings of STAGES buffers by cp.async (16-byte chunks
 //! written straight into the 128-byte-swizzled canonical wgmma layout, so no TMA descriptor is needed
 //! for the ragged, two-source key range). In iteration t the warpgroup issues S_t = Q K_t^T and
-//! O += P_{t-1} V_{t-1} back to back, waits for S_t only, and runs the online softmax of tile t while
-//! the tensor cores still work on P_{t-1} V_{t-1} (FlashAttention-3's intra-warpgroup overlap).
+//! O += P_{t-1} V_{t-1} back to back, waits for S_t only, and runs the online softmax of tile t
+//! (FlashAttention-3's intra-warpgroup order; ptxas moves the wait for P V ahead of the softmax's
+//! exponentials, and holding it back measured no faster: the SM's other warpgroups' MMAs run under
+//! this one's softmax).
 //! Since V_t is needed one iteration after K_t, iteration t loads K_{t+STAGES-1} and V_{t+STAGES-2}:
 //! both arrive STAGES - 1 iterations before their use, from the same shared memory as a ring of
 //! (K, V) pairs that would give K one iteration less. A row's last tile runs only as wide as its keys
@@ -295,7 +297,11 @@ struct WarpgroupRows {
     softmax<W>(s, 0, nk, scale_log2, tq, alpha);
     pack_p<W>(s);
   }
-  // Tile t (W keys wide) under P_{t-1} V_{t-1}.
+  // Tile t (W keys wide), issued with P_{t-1} V_{t-1}. The source waits for P V after the softmax,
+  // but ptxas schedules that wait before the softmax's first exponential (every warpgroup kernel's
+  // SASS: scripts/dev/sass_hot_loops.py). Holding it after them (a never-taken shared store before
+  // the wait does) measured no faster: the SM's other warpgroups keep the tensor cores busy
+  // (bench/RESULTS.md, 2026-11-25).
   template <int W, class QDesc, class KBuf, class VBuf, class Hooks>
   __device__ __forceinline__ void step(int t, int nk, float scale_log2, int tq, QDesc q_desc, KBuf k_buf, VBuf v_buf,
                                        Hooks& hooks) {
@@ -307,7 +313,7 @@ struct WarpgroupRows {
     issue_pv<BN>(v_buf(t - 1));
     wgmma_commit();
     hooks.after_issue(t);
-    wgmma_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run under the softmax below
+    wgmma_wait<1>();  // S_t done
     fence_regs(s);
     hooks.k_read(t);
     float alpha[2];
