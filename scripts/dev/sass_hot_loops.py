@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Instruction mix and wait placement of a kernel's wgmma loops, from its SASS.
+"""Instruction mix and wait placement of a kernel's tensor-core loops, from its SASS.
 
     cuobjdump -sass build/bench/varkv_bench_gpu_attention > all.sass
     python3 scripts/dev/sass_hot_loops.py all.sass 'resident_kernelILi64ELi6ENS_7NoStats'
 
 For every backward branch of the first function whose mangled name contains the pattern, and whose
-body issues HGMMA (and is at most 2000 instructions long), prints the body's length, its most
+body issues HGMMA or HMMA (and is at most 2000 instructions long), prints the body's length, its most
 frequent opcodes and, in order, where the wgmma waits (WARPGROUP.DEPBAR), cp.async waits
 (DEPBAR) and the wgmma groups' last HGMMA (gsb0) sit against the first and last MUFU (the
 softmax's exponentials). Static counts: a branch skipped at run time (the last tile's masking)
@@ -18,6 +18,7 @@ nvidia-cuda-nvdisasm (put nvdisasm on PATH).
 """
 import collections
 import re
+import signal
 import sys
 
 INSTR = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
@@ -41,24 +42,32 @@ def opcode(text):
 
 
 def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # piped into head: stop quietly
     if len(sys.argv) != 3:
         sys.exit(__doc__)
+    try:
+        with open(sys.argv[1]) as f:
+            sass = f.read()
+    except OSError as e:
+        sys.exit(f"cannot read SASS file '{sys.argv[1]}': {e.strerror}")
     instrs = []
-    for line in function_lines(open(sys.argv[1]).read(), sys.argv[2]):
+    for line in function_lines(sass, sys.argv[2]):
         m = INSTR.match(line)
         if m:
             instrs.append((int(m.group(1), 16), m.group(2)))
     at = {addr: i for i, (addr, _) in enumerate(instrs)}
+    loops = 0
     for i, (addr, text) in enumerate(instrs):
         m = BRANCH.search(text)
         if not m or int(m.group(1), 16) >= addr or int(m.group(1), 16) not in at:
             continue
         body = instrs[at[int(m.group(1), 16)]:i + 1]
-        if not any("HGMMA" in t for _, t in body):
+        if not any(opcode(t) in ("HGMMA", "HMMA") for _, t in body):
             continue
         if len(body) > MAX_BODY:  # an outer loop (a kernel's query-tile or work loop), not a hot one
             print(f"loop {hex(body[0][0])}..{hex(addr)}: {len(body)} instructions (outer loop, not listed)")
             continue
+        loops += 1
         mix = collections.Counter(opcode(t) for _, t in body)
         print(f"loop {hex(body[0][0])}..{hex(addr)}: {len(body)} instructions")
         print("  " + ", ".join(f"{op} {n}" for op, n in mix.most_common(12)))
@@ -69,6 +78,8 @@ def main():
             events += [(mufu[0], "first MUFU"), (mufu[-1], "last MUFU")]
         for k, what in sorted(events):
             print(f"  {k:5d}  {what}")
+    if not loops:
+        sys.exit(f"'{sys.argv[2]}': {len(instrs)} instructions, no loop that issues HGMMA or HMMA")
 
 
 if __name__ == "__main__":
